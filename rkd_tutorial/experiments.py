@@ -1,0 +1,385 @@
+"""Named profiles, the method tables, and results files with provenance.
+
+Two experiments, both on Fashion-MNIST (the paper's datasets are recipes in
+the book's chapter 7 and the ``paper`` profile):
+
+* **metric**: a triplet-trained teacher, then one student per method, trained
+  on classes 0-4 and evaluated by Recall@K on the unseen classes 5-9 (test
+  split), as CUB-200-2011 trains on 1-100 and tests on 101-200.
+* **classify**: a classifier teacher, then students trained with
+  cross-entropy plus each distillation term; accuracy on the test split.
+
+Profiles: ``quick`` (CPU, minutes, per-class subsets and small CNNs), ``full``
+(GPU, all of Fashion-MNIST, a ResNet-18 teacher), ``paper`` (the official
+hyperparameters, :data:`PAPER`, for CUB/Cars/SOP/CIFAR-100).
+
+Every result is a row with its seed; every file has the provenance of the run
+that produced it (device, torch version, commit, profile, wall time).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import __version__
+from .data import ClassBalancedBatchSampler, DeviceLoader, class_disjoint_split, load_fashion_mnist, random_crop_flip, subset_per_class
+from .evaluate import accuracy, embed, recall_at_k
+from .models import Classifier, EmbeddingNet, build_backbone
+from .train import Term, TrainConfig, attention, ce, darkrank, fit, fitnet, hkd, rkd, save_atomic, triplet
+
+__all__ = [
+    "MetricProfile", "ClassifyProfile", "METRIC_PROFILES", "CLASSIFY_PROFILES", "PAPER",
+    "METRIC_METHODS", "CLASSIFY_METHODS", "default_profile", "provenance",
+    "metric_data", "classify_data", "train_metric_teacher", "train_classify_teacher",
+    "metric_terms", "classify_terms", "run_metric", "run_classify", "write_results", "markdown_table",
+]
+
+
+# ----------------------------------------------------------------------------- profiles
+
+@dataclass(frozen=True)
+class MetricProfile:
+    """Everything a metric-learning run needs; ``None`` per-class sizes mean all the data."""
+
+    name: str
+    teacher_backbone: str
+    teacher_dim: int
+    student_backbone: str
+    student_dims: Tuple[int, ...]
+    train_per_class: Optional[int]
+    test_per_class: Optional[int]
+    batch_size: int = 128
+    m_per_class: int = 8
+    teacher_epochs: int = 10
+    student_epochs: int = 10
+    teacher_lr: float = 1e-3
+    student_lr: float = 1e-3
+    augment: bool = False
+    autocast: Optional[str] = None           # "bfloat16" on a GPU
+
+
+@dataclass(frozen=True)
+class ClassifyProfile:
+    """Everything a classification run needs."""
+
+    name: str
+    teacher_backbone: str
+    student_backbone: str
+    train_per_class: Optional[int]
+    test_per_class: Optional[int]
+    batch_size: int = 128
+    teacher_epochs: int = 10
+    student_epochs: int = 10
+    lr: float = 1e-3
+    augment: bool = False
+    autocast: Optional[str] = None
+
+
+METRIC_PROFILES: Dict[str, MetricProfile] = {
+    "quick": MetricProfile(
+        "quick", teacher_backbone="cnn-32-64-128", teacher_dim=128,
+        student_backbone="cnn-8-16-32", student_dims=(16,),
+        train_per_class=1000, test_per_class=400, batch_size=64, m_per_class=16,
+        teacher_epochs=8, student_epochs=8,
+    ),
+    "full": MetricProfile(
+        "full", teacher_backbone="resnet18", teacher_dim=512,
+        student_backbone="cnn-32-64-128", student_dims=(128, 64, 32),
+        train_per_class=None, test_per_class=None, batch_size=128, m_per_class=32,
+        teacher_epochs=12, student_epochs=12, augment=True, autocast="bfloat16",
+    ),
+}
+
+CLASSIFY_PROFILES: Dict[str, ClassifyProfile] = {
+    "quick": ClassifyProfile(
+        "quick", teacher_backbone="cnn-32-64-128", student_backbone="cnn-8-16-32",
+        train_per_class=500, test_per_class=300, batch_size=64, teacher_epochs=8, student_epochs=8,
+    ),
+    "full": ClassifyProfile(
+        "full", teacher_backbone="resnet18", student_backbone="cnn-16-32-64",
+        train_per_class=None, test_per_class=None, batch_size=128,
+        teacher_epochs=10, student_epochs=10, augment=True, autocast="bfloat16",
+    ),
+}
+
+#: The official hyperparameters (RKD paper, Section 4 and the official code), for CUB/Cars/SOP/CIFAR-100.
+PAPER: Dict[str, dict] = {
+    "metric_teacher": dict(backbone="resnet50", embedding_dim=512, normalize=True, pretrained=True,
+                           optimizer="adam", lr=1e-5, epochs=40, milestones=(25, 30, 35), gamma=0.5,
+                           batch_size=128, m_per_class=5, loss="triplet (distance-weighted, margin 0.2)"),
+    "metric_student": dict(backbone="resnet18", embedding_dim={"cub200": 128, "cars196": 128, "sop": 64},
+                           normalize=False, pretrained=True, optimizer="adam", lr=1e-4, epochs=80,
+                           milestones=(40, 60), gamma=0.1, batch_size=128, m_per_class=5,
+                           rkd_distance=1.0, rkd_angle=2.0, triplet=0.0),
+    "images": dict(resize=256, crop=224, train="random crop + horizontal flip", test="centre crop"),
+    "cifar100": dict(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, epochs=200,
+                     milestones=(60, 120, 160), gamma=0.2, batch_size=128,
+                     rkd_distance=25.0, rkd_angle=50.0, features="L2-normalised pooled penultimate"),
+}
+
+
+def default_profile() -> str:
+    """``full`` where CUDA is available, else ``quick``."""
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+# ----------------------------------------------------------------------------- methods
+
+#: Metric learning: baselines use the triplet task loss plus their term (as the
+#: official code runs them); RKD students use RKD alone (weights 1 and 2).
+METRIC_METHODS = ("triplet", "fitnet", "attention", "darkrank", "rkd-d", "rkd-a", "rkd-da")
+
+#: Classification: cross-entropy plus each term; RKD weights 25 and 50 on pooled features.
+CLASSIFY_METHODS = ("baseline", "hkd", "fitnet", "attention", "rkd-d", "rkd-da", "hkd+rkd-da")
+
+
+def metric_terms(method: str, student: EmbeddingNet, teacher: EmbeddingNet) -> List[Term]:
+    """The loss terms of a metric-learning method (see :data:`METRIC_METHODS`)."""
+    table: Dict[str, Callable[[], List[Term]]] = {
+        "triplet": lambda: [triplet()],
+        "fitnet": lambda: [triplet(), fitnet(1.0, student.backbone.out_channels, teacher.backbone.out_channels)],
+        "attention": lambda: [triplet(), attention(50.0)],
+        "darkrank": lambda: [triplet(), darkrank(1.0)],
+        "rkd-d": lambda: [rkd(1.0, 0.0)],
+        "rkd-a": lambda: [rkd(0.0, 2.0)],
+        "rkd-da": lambda: [rkd(1.0, 2.0)],
+    }
+    if method not in table:
+        raise ValueError(f"unknown metric method {method!r}; choose from {', '.join(METRIC_METHODS)}")
+    return table[method]()
+
+
+def classify_terms(method: str, student: Classifier, teacher: Classifier) -> List[Term]:
+    """The loss terms of a classification method (see :data:`CLASSIFY_METHODS`)."""
+    table: Dict[str, Callable[[], List[Term]]] = {
+        "baseline": lambda: [ce()],
+        "hkd": lambda: [ce(), hkd(1.0, 4.0)],
+        "fitnet": lambda: [ce(), fitnet(1.0, student.backbone.out_channels, teacher.backbone.out_channels)],
+        "attention": lambda: [ce(), attention(50.0)],
+        "rkd-d": lambda: [ce(), rkd(25.0, 0.0)],
+        "rkd-da": lambda: [ce(), rkd(25.0, 50.0)],
+        "hkd+rkd-da": lambda: [ce(), hkd(1.0, 4.0), rkd(25.0, 50.0)],
+    }
+    if method not in table:
+        raise ValueError(f"unknown classification method {method!r}; choose from {', '.join(CLASSIFY_METHODS)}")
+    return table[method]()
+
+
+# ----------------------------------------------------------------------------- data
+
+def _device(device=None) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _subset(x, y, n, seed):
+    return (x, y) if n is None else subset_per_class(x, y, n, seed)
+
+
+def metric_data(profile: MetricProfile, device=None, seed: int = 0):
+    """``(train_loader, test_loader)``: classes 0-4 of the training split, classes 5-9 of the test split."""
+    device = _device(device)
+    (x_tr, y_tr), _ = class_disjoint_split(*load_fashion_mnist(train=True))
+    _, (x_te, y_te) = class_disjoint_split(*load_fashion_mnist(train=False))
+    x_tr, y_tr = _subset(x_tr, y_tr, profile.train_per_class, seed)
+    x_te, y_te = _subset(x_te, y_te, profile.test_per_class, seed)
+    sampler = ClassBalancedBatchSampler(y_tr, profile.m_per_class, profile.batch_size, seed=seed)
+    train = DeviceLoader(x_tr, y_tr, profile.batch_size, device=device, sampler=sampler, seed=seed,
+                         augment=random_crop_flip if profile.augment else None)
+    test = DeviceLoader(x_te, y_te, 512, shuffle=False, drop_last=False, device=device)
+    return train, test
+
+
+def classify_data(profile: ClassifyProfile, device=None, seed: int = 0):
+    """``(train_loader, test_loader)`` over all ten classes."""
+    device = _device(device)
+    x_tr, y_tr = _subset(*load_fashion_mnist(train=True), profile.train_per_class, seed)
+    x_te, y_te = _subset(*load_fashion_mnist(train=False), profile.test_per_class, seed)
+    train = DeviceLoader(x_tr, y_tr, profile.batch_size, device=device, seed=seed,
+                         augment=random_crop_flip if profile.augment else None)
+    test = DeviceLoader(x_te, y_te, 512, shuffle=False, drop_last=False, device=device)
+    return train, test
+
+
+def _config(epochs, lr, seed, autocast) -> TrainConfig:
+    dtype = getattr(torch, autocast) if autocast else None
+    return TrainConfig(epochs=epochs, lr=lr, seed=seed, milestones=(int(epochs * 0.75),), gamma=0.1, autocast=dtype)
+
+
+def recall_metrics(model, test) -> Dict[str, float]:
+    """Recall@1/2/4/8 of ``model`` on the ``test`` loader, keyed 'recall@k'."""
+    e, y = embed(model, test)
+    return {f"recall@{k}": v for k, v in recall_at_k(e, y, (1, 2, 4, 8)).items()}
+
+
+# ----------------------------------------------------------------------------- runs
+
+def train_metric_teacher(profile: MetricProfile, train, test, seed=0, device=None, checkpoint=None, progress=True):
+    """Train (or load from ``checkpoint``) the triplet teacher: L2-normalised embedding."""
+    torch.manual_seed(seed)
+    teacher = EmbeddingNet(build_backbone(profile.teacher_backbone), profile.teacher_dim, normalize=True).to(_device(device))
+    cfg = _config(profile.teacher_epochs, profile.teacher_lr, seed, profile.autocast)
+    history = fit(teacher, train, [triplet()], cfg, checkpoint=checkpoint, progress=progress, desc="teacher")
+    return teacher, history
+
+
+def train_classify_teacher(profile: ClassifyProfile, train, seed=0, device=None, checkpoint=None, progress=True):
+    """Train (or load from ``checkpoint``) the classifier teacher with cross-entropy."""
+    torch.manual_seed(seed)
+    teacher = Classifier(build_backbone(profile.teacher_backbone), 10).to(_device(device))
+    cfg = _config(profile.teacher_epochs, profile.lr, seed, profile.autocast)
+    history = fit(teacher, train, [ce()], cfg, checkpoint=checkpoint, progress=progress, desc="teacher")
+    return teacher, history
+
+
+def distill_metric_student(profile, method, dim, teacher, train, seed=0, device=None, progress=True):
+    """One metric-learning student (no L2 normalisation, as in the official code)."""
+    torch.manual_seed(seed)
+    student = EmbeddingNet(build_backbone(profile.student_backbone), dim, normalize=False).to(_device(device))
+    cfg = _config(profile.student_epochs, profile.student_lr, seed, profile.autocast)
+    history = fit(student, train, metric_terms(method, student, teacher), cfg, teacher=teacher,
+                  progress=progress, desc=f"{method}-{dim}")
+    return student, history
+
+
+def distill_classify_student(profile, method, teacher, train, seed=0, device=None, progress=True):
+    """One classification student trained with cross-entropy plus ``method``'s terms."""
+    torch.manual_seed(seed)
+    student = Classifier(build_backbone(profile.student_backbone), 10).to(_device(device))
+    cfg = _config(profile.student_epochs, profile.lr, seed, profile.autocast)
+    history = fit(student, train, classify_terms(method, student, teacher), cfg,
+                  teacher=teacher if method != "baseline" else None, progress=progress, desc=method)
+    return student, history
+
+
+def run_metric(profile: str | MetricProfile = "quick", seeds: Sequence[int] = (0,), methods=METRIC_METHODS,
+               dims: Optional[Sequence[int]] = None, device=None, progress=True, log=print) -> dict:
+    """Teacher then every (method, embedding size) student, per seed; returns the results dict."""
+    p = METRIC_PROFILES[profile] if isinstance(profile, str) else profile
+    dims = tuple(dims or p.student_dims)
+    start, rows = time.time(), []
+    for seed in seeds:
+        train, test = metric_data(p, device, seed)
+        teacher, _ = train_metric_teacher(p, train, test, seed, device, progress=progress)
+        row = {"method": "teacher", "seed": seed, "embedding_dim": p.teacher_dim,
+               "backbone": p.teacher_backbone, **recall_metrics(teacher, test)}
+        rows.append(row)
+        log(_row_line(row))
+        for dim in dims:
+            for method in methods:
+                student, hist = distill_metric_student(p, method, dim, teacher, train, seed, device, progress)
+                row = {"method": method, "seed": seed, "embedding_dim": dim, "backbone": p.student_backbone,
+                       **recall_metrics(student, test), "final_loss": hist.records[-1]["loss"]}
+                rows.append(row)
+                log(_row_line(row))
+    return {"provenance": provenance(p.name, time.time() - start, device, seeds=list(seeds),
+                                     profile_settings=asdict(p)), "rows": rows}
+
+
+def run_classify(profile: str | ClassifyProfile = "quick", seeds: Sequence[int] = (0,), methods=CLASSIFY_METHODS,
+                 device=None, progress=True, log=print) -> dict:
+    """Teacher then one student per method, per seed; returns the results dict."""
+    p = CLASSIFY_PROFILES[profile] if isinstance(profile, str) else profile
+    start, rows = time.time(), []
+    for seed in seeds:
+        train, test = classify_data(p, device, seed)
+        teacher, _ = train_classify_teacher(p, train, seed, device, progress=progress)
+        row = {"method": "teacher", "seed": seed, "backbone": p.teacher_backbone, "accuracy": accuracy(teacher, test)}
+        rows.append(row)
+        log(_row_line(row))
+        for method in methods:
+            student, hist = distill_classify_student(p, method, teacher, train, seed, device, progress)
+            row = {"method": method, "seed": seed, "backbone": p.student_backbone,
+                   "accuracy": accuracy(student, test), "final_loss": hist.records[-1]["loss"]}
+            rows.append(row)
+            log(_row_line(row))
+    return {"provenance": provenance(p.name, time.time() - start, device, seeds=list(seeds),
+                                     profile_settings=asdict(p)), "rows": rows}
+
+
+def _row_line(row: dict) -> str:
+    keys = [k for k in row if k.startswith("recall@") or k == "accuracy"]
+    dim = f" d={row['embedding_dim']}" if "embedding_dim" in row else ""
+    return f"  {row['method']:<11}{dim} seed={row['seed']}  " + "  ".join(f"{k}={row[k]:.4f}" for k in keys)
+
+
+# ----------------------------------------------------------------------------- provenance and files
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=Path(__file__).resolve().parent)
+        sha = out.stdout.strip()
+        if out.returncode == 0 and sha:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                   text=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
+            return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("RKD_COMMIT", "unknown")
+
+
+def device_name(device=None) -> str:
+    """A readable name of the device that ran the code, e.g. 'NVIDIA H200' or the CPU model."""
+    d = _device(device)
+    if d.type == "cuda":
+        return torch.cuda.get_device_name(d)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def provenance(profile: str, wall_s: float, device=None, **extra) -> dict:
+    """Where a result came from: device, versions, commit, profile, wall time, date."""
+    return {"device": device_name(device), "torch": torch.__version__, "rkd_tutorial": __version__,
+            "python": platform.python_version(), "commit": _commit(), "profile": profile,
+            "wall_s": round(wall_s, 1), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            **extra}
+
+
+def markdown_table(results: dict) -> str:
+    """The rows as a Markdown table (one line per row), with the provenance above it."""
+    rows = results["rows"]
+    metrics = [k for k in rows[0] if k.startswith("recall@") or k == "accuracy"]
+    cols = ["method", "seed"] + (["embedding_dim"] if "embedding_dim" in rows[0] else []) + metrics
+    prov = results["provenance"]
+    lines = [f"Profile `{prov['profile']}` on {prov['device']}, torch {prov['torch']}, commit `{prov['commit'][:12]}`, "
+             f"{prov['wall_s']} s.", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(results: dict, out_dir, stem: str) -> Path:
+    """Write ``out_dir/stem.json`` and ``out_dir/stem.md`` atomically; returns the JSON path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.json"
+    _write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+    _write_text_atomic(out / f"{stem}.md", markdown_table(results))
+    return path

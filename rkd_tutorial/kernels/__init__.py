@@ -1,0 +1,97 @@
+"""Fused Triton kernels for RKD-D and RKD-A: loss *and* gradient, no N^3 tensor.
+
+Park, Kim, Lu, Cho, *Relational Knowledge Distillation*, CVPR 2019
+(arXiv:1904.05068), Eq. (3)-(8). The semantics are exactly those of
+:mod:`rkd_tutorial.losses.relational` (read it first); this subpackage only
+changes *how* the numbers are computed, so that a GPU never holds anything of
+size ``N^3`` or ``N x N x D``.
+
+The idea in one paragraph. After centring, everything RKD needs is in the two
+Gram matrices ``G = X X^T`` (student and teacher, ``N x N``):
+
+* squared distances ``d_ab^2 = G_aa + G_bb - 2 G_ab`` (Eq. 3),
+* and the angle potential at anchor ``a`` (Eq. 6)::
+
+      cos(b a c) = <x_b - x_a, x_c - x_a> / (d_ab d_ac)
+                 = (G_bc - G_ab - G_ac + G_aa) / (d_ab d_ac).
+
+So one Triton program keeps a ``BLOCK x BLOCK`` tile ``(b, c)`` of both Gram
+matrices in registers and walks over the anchors ``a``: per anchor it only
+loads row ``a`` of the Gram matrices (``O(BLOCK)`` numbers) and evaluates
+``BLOCK^2`` student and teacher cosines, their Huber loss (Eq. 7) and the
+derivative of the loss with respect to the student's Gram matrix,
+``dL/dG`` (``N x N``). The student's gradient is then two matrix products,
+``dL/dX = (dL/dG + dL/dG^T) X``. Modules:
+
+* :mod:`.triton_kernels`: the ``@triton.jit`` kernels (angle, and the three
+  small ``N x N`` passes of the distance loss);
+* :mod:`.functions`: the host side: centring, Gram matrices, launches, the
+  gradient assembly and the ``torch.autograd.Function``;
+* :mod:`.check`: compares them with the float64 direct formulation
+  (``python -m rkd_tutorial.kernels.check``).
+
+Public API (same calling convention as :mod:`rkd_tutorial.losses`):
+
+* :func:`available` -- can the kernels run here?
+* :func:`rkd_distance_loss`, :func:`rkd_angle_loss` -- Eq. (5), Eq. (7);
+* :func:`rkd_loss` -- ``distance_weight * L_D + angle_weight * L_A`` (Eq. 8),
+  both terms in one pass over the Gram matrices.
+
+Triton is imported lazily: importing this package never fails, and
+:func:`available` says whether the kernels can run (Triton importable and
+either a CUDA device or Triton's CPU interpreter, ``TRITON_INTERPRET=1``,
+which must be set before Triton is first imported).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+__all__ = ["available", "rkd_distance_loss", "rkd_angle_loss", "rkd_loss"]
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install
+        return False
+    return True
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton's CPU interpreter is requested (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def available() -> bool:
+    """True when the kernels can run: Triton importable, and CUDA present or the interpreter on."""
+    if not _triton_importable():
+        return False
+    if interpreter_enabled():
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def rkd_loss(student, teacher, distance_weight: float = 1.0, angle_weight: float = 2.0, **launch):
+    """``distance_weight * RKD-D + angle_weight * RKD-A`` (Eq. 8) with the fused kernels.
+
+    See :func:`rkd_tutorial.kernels.functions.rkd_loss`.
+    """
+    from .functions import rkd_loss as _rkd_loss
+
+    return _rkd_loss(student, teacher, distance_weight, angle_weight, **launch)
+
+
+def rkd_distance_loss(student, teacher, **launch):
+    """RKD-D (Eq. 5) with the kernels: ``rkd_loss(student, teacher, 1, 0)``."""
+    return rkd_loss(student, teacher, 1.0, 0.0, **launch)
+
+
+def rkd_angle_loss(student, teacher, **launch):
+    """RKD-A (Eq. 7) with the kernels: ``rkd_loss(student, teacher, 0, 1)``."""
+    return rkd_loss(student, teacher, 0.0, 1.0, **launch)

@@ -1,0 +1,197 @@
+"""Tests for rkd_tutorial.kernels: the fused Triton RKD kernels against the float64 direct formulation.
+
+Two ways to run the kernels:
+
+* on the CPU, under Triton's interpreter. ``TRITON_INTERPRET=1`` must be in
+  the environment before Triton is first imported, and it switches *every*
+  ``@triton.jit`` function of the process to the interpreter. Setting it in
+  this process would therefore depend on import order (another test file may
+  have imported torch/triton already) and would turn the CUDA test below into
+  an interpreter run. So the interpreter checks run in one child process
+  (``python -c ...`` with ``TRITON_INTERPRET=1`` in its environment) that
+  prints JSON, and the tests here read it.
+* on CUDA tensors, compiled, when a GPU is present (skipped otherwise).
+
+Reference: :func:`rkd_tutorial.kernels.check.reference_loss`, the direct
+formulation in float64 (with coincident points, the package's rule that a
+coincident pair has no direction and zero gradient; otherwise identical to
+:mod:`rkd_tutorial.losses.direct`, which each row also checks).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
+RTOL = 1e-4
+
+# (n, ds, dt, coincident, block, anchor_splits): small sizes, so the interpreter is quick.
+INTERPRETER_CASES = [
+    (5, 8, 12, False, 16, None),      # one ragged tile
+    (17, 8, 12, False, 16, None),     # two tiles: a diagonal and an off-diagonal (mirrored) one
+    (33, 20, 7, False, 16, 3),        # Ds > Dt, 3 tiles, N not a multiple of the block, 3 anchor groups
+    (70, 8, 12, False, None, None),   # the GPU's default 64-block: 2 tiles, the second ragged
+    (17, 8, 12, True, 16, None),      # coincident points
+    (33, 6, 11, True, 32, 2),         # coincident points, ragged tiles, 2 anchor groups
+]
+
+_CHILD = """
+import json, sys
+from rkd_tutorial.kernels import available
+from rkd_tutorial.kernels.check import compare
+assert available(), "interpreter not active"
+rows = []
+for n, ds, dt, coincident, block, splits in json.loads(sys.argv[1]):
+    for row in compare(n, ds, dt, "cpu", coincident, block=block, anchor_splits=splits):
+        row["case"] = [n, ds, dt, coincident, block, splits]
+        rows.append(row)
+print("JSON:" + json.dumps(rows))
+"""
+
+
+@pytest.fixture(scope="module")
+def interpreter_rows():
+    if not HAVE_TRITON:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(INTERPRETER_CASES)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"interpreter run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    line = next(l for l in proc.stdout.splitlines() if l.startswith("JSON:"))
+    return json.loads(line[len("JSON:"):])
+
+
+def _case_id(case):
+    n, ds, dt, coincident, block, splits = case
+    return f"n{n}-ds{ds}-dt{dt}" + ("-coincident" if coincident else "") + f"-block{block or 'default'}" + (
+        f"-splits{splits}" if splits else ""
+    )
+
+
+@pytest.mark.parametrize("case", INTERPRETER_CASES, ids=[_case_id(c) for c in INTERPRETER_CASES])
+def test_interpreter_matches_float64_direct(interpreter_rows, case):
+    rows = [r for r in interpreter_rows if r["case"] == list(case)]
+    assert {r["loss"] for r in rows} == {"distance", "angle", "distance+angle"}
+    for r in rows:
+        where = f"{r['loss']} {_case_id(case)}"
+        assert r["finite"], where
+        assert r["loss_rel_err"] <= RTOL, (where, r)
+        assert r["grad_rel_err"] <= RTOL, (where, r)
+        assert r["nograd_rel_err"] <= RTOL, (where, r)  # the WANT_GRAD=False kernel variant
+        if not r["coincident"]:  # the safe reference is the direct formulation itself
+            assert r["reference_vs_direct"] <= 1e-12, (where, r)
+        assert r["reference"] > 0, where
+
+
+def test_interpreter_rows_cover_every_case(interpreter_rows):
+    assert len(interpreter_rows) == 3 * len(INTERPRETER_CASES)
+
+
+# ----------------------------------------------------------------------------- no Triton execution needed
+
+
+def test_available_is_a_bool_and_import_is_lazy():
+    import rkd_tutorial.kernels as kernels
+
+    assert isinstance(kernels.available(), bool)
+    assert {"available", "rkd_loss", "rkd_angle_loss", "rkd_distance_loss"} <= set(kernels.__all__)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_gradient_assembly_matches_autograd():
+    """``_gradient_from_dq`` is the chain rule through Q_ij = ||x_i - x_j||^2 and the centring."""
+    from rkd_tutorial.kernels.functions import _gradient_from_dq
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 4, dtype=torch.float64, generator=g).requires_grad_(True)
+    dq = torch.randn(9, 9, dtype=torch.float64, generator=g)
+    xc = x - x.mean(0, keepdim=True)
+    q = (xc[:, None, :] - xc[None, :, :]).pow(2).sum(-1)
+    (expected,) = torch.autograd.grad((dq * q).sum(), x)
+    got = _gradient_from_dq(dq, xc.detach())
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_launch_config_covers_all_anchors():
+    from rkd_tutorial.kernels.functions import launch_config
+
+    for n, splits in ((5, None), (70, None), (1000, 7), (4096, 1)):
+        block, tiles, per, grid, warps = launch_config(n, torch.device("cpu"), None, splits)
+        assert tiles * block >= n > (tiles - 1) * block
+        assert grid[0] == tiles * (tiles + 1) // 2
+        assert grid[1] * per >= n and (grid[1] - 1) * per < n
+
+
+# ----------------------------------------------------------------------------- CUDA, compiled
+
+
+def _cuda_ready() -> bool:
+    if not (HAVE_TRITON and torch.cuda.is_available()):
+        return False
+    return os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+
+
+cuda_only = pytest.mark.skipif(not _cuda_ready(), reason="needs a CUDA GPU and Triton (compiled, not interpreted)")
+
+CUDA_CASES = [(5, 8, 12, False), (17, 8, 12, True), (70, 20, 7, False), (130, 64, 96, True), (257, 128, 512, False)]
+
+
+@cuda_only
+@pytest.mark.parametrize("case", CUDA_CASES, ids=[f"n{c[0]}-ds{c[1]}-dt{c[2]}{'-coincident' if c[3] else ''}" for c in CUDA_CASES])
+def test_cuda_matches_float64_direct(case):
+    from rkd_tutorial.kernels.check import compare
+
+    n, ds, dt, coincident = case
+    for r in compare(n, ds, dt, "cuda", coincident):
+        assert r["ok"], r
+    for r in compare(n, ds, dt, "cuda", coincident, block=32, anchor_splits=3):
+        assert r["ok"], r
+
+
+@cuda_only
+def test_cuda_rkdloss_dispatches_to_kernels_and_matches_cpu_path():
+    from rkd_tutorial.kernels.check import make_inputs
+    from rkd_tutorial.losses import RKDLoss, rkd_angle_loss, rkd_distance_loss
+    from rkd_tutorial.losses.relational import _kernels
+
+    assert _kernels() is not None
+    s_cpu, t_cpu = make_inputs(96, 32, 48)
+    for fn in (RKDLoss(1.0, 2.0), RKDLoss(0.0, 2.0), RKDLoss(25.0, 0.0), rkd_angle_loss, rkd_distance_loss):
+        a = s_cpu.clone().requires_grad_(True)
+        fn(a, t_cpu).backward()
+        b = s_cpu.cuda().requires_grad_(True)
+        loss = fn(b, t_cpu.cuda())
+        loss.backward()
+        assert loss.device.type == "cuda"
+        torch.testing.assert_close(b.grad.cpu(), a.grad, rtol=1e-4, atol=1e-4 * a.grad.abs().max().item())
+
+
+@cuda_only
+def test_cuda_memory_is_quadratic():
+    """N = 1024: forward+backward of RKD-DA stays far below one N x N x D tensor."""
+    from rkd_tutorial.kernels import rkd_loss
+
+    n = 1024
+    s = torch.randn(n, 128, device="cuda", requires_grad=True)
+    t = torch.randn(n, 512, device="cuda")
+    rkd_loss(s, t, 1.0, 2.0).backward()  # compile, cuBLAS workspaces
+    s.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    rkd_loss(s, t, 1.0, 2.0).backward()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base <= 64 * 2**20
