@@ -26,7 +26,8 @@ import platform
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +42,9 @@ from .train import Term, TrainConfig, attention, ce, darkrank, fit, fitnet, hkd,
 __all__ = [
     "MetricProfile", "ClassifyProfile", "METRIC_PROFILES", "CLASSIFY_PROFILES", "PAPER",
     "METRIC_METHODS", "CLASSIFY_METHODS", "default_profile", "provenance",
-    "metric_data", "classify_data", "train_metric_teacher", "train_classify_teacher",
+    "metric_data", "classify_data", "train_metric_teacher", "train_classify_teacher", "train_teacher",
+    "load_or_train_teacher", "save_teacher", "CHECKPOINTS",
+    "distill_metric_student", "distill_classify_student", "recall_metrics",
     "metric_terms", "classify_terms", "run_metric", "run_classify", "write_results", "markdown_table",
 ]
 
@@ -65,7 +68,7 @@ class MetricProfile:
     student_epochs: int = 10
     teacher_lr: float = 1e-3
     student_lr: float = 1e-3
-    augment: bool = False
+    augment: bool = False                    # the teacher's training only (see _fit_teacher)
     autocast: Optional[str] = None           # "bfloat16" on a GPU
 
 
@@ -82,7 +85,7 @@ class ClassifyProfile:
     teacher_epochs: int = 10
     student_epochs: int = 10
     lr: float = 1e-3
-    augment: bool = False
+    augment: bool = False                    # the teacher's training only
     autocast: Optional[str] = None
 
 
@@ -95,9 +98,9 @@ METRIC_PROFILES: Dict[str, MetricProfile] = {
     ),
     "full": MetricProfile(
         "full", teacher_backbone="resnet18", teacher_dim=512,
-        student_backbone="cnn-32-64-128", student_dims=(128, 64, 32),
+        student_backbone="cnn-32-64-128", student_dims=(64, 128, 32),
         train_per_class=None, test_per_class=None, batch_size=128, m_per_class=32,
-        teacher_epochs=12, student_epochs=12, augment=True, autocast="bfloat16",
+        teacher_epochs=10, student_epochs=8, augment=True, autocast="bfloat16",
     ),
 }
 
@@ -109,7 +112,7 @@ CLASSIFY_PROFILES: Dict[str, ClassifyProfile] = {
     "full": ClassifyProfile(
         "full", teacher_backbone="resnet18", student_backbone="cnn-16-32-64",
         train_per_class=None, test_per_class=None, batch_size=128,
-        teacher_epochs=10, student_epochs=10, augment=True, autocast="bfloat16",
+        teacher_epochs=8, student_epochs=6, augment=True, autocast="bfloat16",
     ),
 }
 
@@ -194,8 +197,7 @@ def metric_data(profile: MetricProfile, device=None, seed: int = 0):
     x_tr, y_tr = _subset(x_tr, y_tr, profile.train_per_class, seed)
     x_te, y_te = _subset(x_te, y_te, profile.test_per_class, seed)
     sampler = ClassBalancedBatchSampler(y_tr, profile.m_per_class, profile.batch_size, seed=seed)
-    train = DeviceLoader(x_tr, y_tr, profile.batch_size, device=device, sampler=sampler, seed=seed,
-                         augment=random_crop_flip if profile.augment else None)
+    train = DeviceLoader(x_tr, y_tr, profile.batch_size, device=device, sampler=sampler, seed=seed)
     test = DeviceLoader(x_te, y_te, 512, shuffle=False, drop_last=False, device=device)
     return train, test
 
@@ -205,8 +207,7 @@ def classify_data(profile: ClassifyProfile, device=None, seed: int = 0):
     device = _device(device)
     x_tr, y_tr = _subset(*load_fashion_mnist(train=True), profile.train_per_class, seed)
     x_te, y_te = _subset(*load_fashion_mnist(train=False), profile.test_per_class, seed)
-    train = DeviceLoader(x_tr, y_tr, profile.batch_size, device=device, seed=seed,
-                         augment=random_crop_flip if profile.augment else None)
+    train = DeviceLoader(x_tr, y_tr, profile.batch_size, device=device, seed=seed)
     test = DeviceLoader(x_te, y_te, 512, shuffle=False, drop_last=False, device=device)
     return train, test
 
@@ -222,14 +223,104 @@ def recall_metrics(model, test) -> Dict[str, float]:
     return {f"recall@{k}": v for k, v in recall_at_k(e, y, (1, 2, 4, 8)).items()}
 
 
+# ----------------------------------------------------------------------------- teachers shipped with the package
+
+#: Teachers trained by ``python -m rkd_tutorial teacher ...`` (:func:`save_teacher`)
+#: ship here as ``<experiment>-<profile>-seed<k>.pt``, with their sha256 in ``SHA256SUMS``.
+CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_sums(path: Path) -> Dict[str, str]:
+    if not path.exists():
+        return {}
+    return {name: sha for sha, name in (line.split() for line in path.read_text().splitlines() if line.strip())}
+
+
+def train_teacher(experiment: str, profile: str = "quick", seed: int = 0, device=None, progress=True):
+    """Train the teacher of ``experiment`` ('metric' or 'classify') under ``profile``."""
+    if experiment == "metric":
+        p = METRIC_PROFILES[profile]
+        return train_metric_teacher(p, metric_data(p, device, seed)[0], seed, device, progress=progress)[0]
+    if experiment == "classify":
+        p = CLASSIFY_PROFILES[profile]
+        return train_classify_teacher(p, classify_data(p, device, seed)[0], seed, device, progress=progress)[0]
+    raise ValueError(f"experiment must be 'metric' or 'classify', got {experiment!r}")
+
+
+def _teacher_architecture(experiment: str, profile: str) -> torch.nn.Module:
+    if experiment == "metric":
+        p = METRIC_PROFILES[profile]
+        return EmbeddingNet(build_backbone(p.teacher_backbone), p.teacher_dim, normalize=True)
+    p = CLASSIFY_PROFILES[profile]
+    return Classifier(build_backbone(p.teacher_backbone), 10)
+
+
+def save_teacher(experiment: str, profile: str, seed: int, out_dir, device=None) -> Path:
+    """Train a teacher with the package's own code; write it (with provenance) and its sha256 line."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{experiment}-{profile}-seed{seed}.pt"
+    start = time.time()
+    teacher = train_teacher(experiment, profile, seed, device)
+    state = {"model": {k: v.cpu() for k, v in teacher.state_dict().items()},
+             "provenance": provenance(profile, time.time() - start, device, seed=seed)}
+    save_atomic(state, out / name)
+    sums = _read_sums(out / "SHA256SUMS")
+    sums[name] = _sha256(out / name)
+    _write_text_atomic(out / "SHA256SUMS", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+    return out / name
+
+
+def load_or_train_teacher(experiment: str, profile: str = "quick", seed: int = 0, device=None, progress=True):
+    """The teacher of ``experiment``: the shipped checkpoint if there is one, else trained now.
+
+    A shipped checkpoint (:data:`CHECKPOINTS`) is used only when its sha256
+    matches ``SHA256SUMS``; otherwise the teacher is trained (and cached in
+    ``$RKD_DATA/checkpoints`` or ``~/.cache/rkd_tutorial/checkpoints`` for the
+    next time). Returns ``(teacher, source)``, ``source`` one of 'shipped',
+    'cache', 'trained'.
+    """
+    device = _device(device)
+    name = f"{experiment}-{profile}-seed{seed}.pt"
+    teacher = _teacher_architecture(experiment, profile) if experiment in ("metric", "classify") else None
+    if teacher is None:
+        raise ValueError(f"experiment must be 'metric' or 'classify', got {experiment!r}")
+    cache = Path(os.environ.get("RKD_DATA", Path.home() / ".cache" / "rkd_tutorial")) / "checkpoints"
+    shipped = CHECKPOINTS / name
+    if shipped.exists() and _read_sums(CHECKPOINTS / "SHA256SUMS").get(name) == _sha256(shipped):
+        path, source = shipped, "shipped"
+    elif (cache / name).exists():
+        path, source = cache / name, "cache"
+    else:
+        teacher = train_teacher(experiment, profile, seed, device, progress)
+        save_atomic({"model": teacher.state_dict()}, cache / name)
+        return teacher.eval(), "trained"
+    teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return teacher.to(device).eval(), source
+
+
 # ----------------------------------------------------------------------------- runs
 
-def train_metric_teacher(profile: MetricProfile, train, test, seed=0, device=None, checkpoint=None, progress=True):
+def _fit_teacher(teacher, profile, train, terms, cfg, checkpoint, progress):
+    """Teachers train with augmentation when the profile asks for it; students never do,
+    so that ``fit`` can compute their frozen teacher's outputs once (``teacher_cache``)."""
+    train.augment = random_crop_flip if profile.augment else None
+    try:
+        return fit(teacher, train, terms, cfg, checkpoint=checkpoint, progress=progress, desc="teacher")
+    finally:
+        train.augment = None
+
+
+def train_metric_teacher(profile: MetricProfile, train, seed=0, device=None, checkpoint=None, progress=True):
     """Train (or load from ``checkpoint``) the triplet teacher: L2-normalised embedding."""
     torch.manual_seed(seed)
     teacher = EmbeddingNet(build_backbone(profile.teacher_backbone), profile.teacher_dim, normalize=True).to(_device(device))
     cfg = _config(profile.teacher_epochs, profile.teacher_lr, seed, profile.autocast)
-    history = fit(teacher, train, [triplet()], cfg, checkpoint=checkpoint, progress=progress, desc="teacher")
+    history = _fit_teacher(teacher, profile, train, [triplet()], cfg, checkpoint, progress)
     return teacher, history
 
 
@@ -238,7 +329,7 @@ def train_classify_teacher(profile: ClassifyProfile, train, seed=0, device=None,
     torch.manual_seed(seed)
     teacher = Classifier(build_backbone(profile.teacher_backbone), 10).to(_device(device))
     cfg = _config(profile.teacher_epochs, profile.lr, seed, profile.autocast)
-    history = fit(teacher, train, [ce()], cfg, checkpoint=checkpoint, progress=progress, desc="teacher")
+    history = _fit_teacher(teacher, profile, train, [ce()], cfg, checkpoint, progress)
     return teacher, history
 
 
@@ -262,49 +353,70 @@ def distill_classify_student(profile, method, teacher, train, seed=0, device=Non
     return student, history
 
 
+class _Recorder:
+    """Collects rows; with ``out`` set, rewrites the results files after every row
+    (``"complete": false`` until the end), so an interrupted run keeps what it measured."""
+
+    def __init__(self, experiment: str, profile, seeds, device, out, log, stem=None):
+        self.experiment, self.profile, self.seeds, self.device = experiment, profile, list(seeds), device
+        self.out, self.log, self.rows, self.start = out, log, [], time.time()
+        self.stem = stem or f"{experiment}-{profile.name}"
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.log(_row_line(row))
+        if self.out is not None:
+            write_results(self.results(complete=False), self.out, self.stem)
+
+    def results(self, complete: bool = True) -> dict:
+        prov = provenance(self.profile.name, time.time() - self.start, self.device, seeds=self.seeds,
+                          complete=complete, profile_settings=asdict(self.profile))
+        results = {"provenance": prov, "rows": list(self.rows)}
+        if complete and self.out is not None:
+            write_results(results, self.out, self.stem)
+        return results
+
+
 def run_metric(profile: str | MetricProfile = "quick", seeds: Sequence[int] = (0,), methods=METRIC_METHODS,
-               dims: Optional[Sequence[int]] = None, device=None, progress=True, log=print) -> dict:
-    """Teacher then every (method, embedding size) student, per seed; returns the results dict."""
+               dims: Optional[Sequence[int]] = None, device=None, progress=True, log=print, out=None,
+               stem=None) -> dict:
+    """Teacher then every (method, embedding size) student, per seed; returns the results dict.
+
+    ``dims``: student embedding sizes (default: the profile's). Every method runs at
+    the first size; at the other sizes only ``triplet`` and ``rkd-da`` run (the
+    embedding-size comparison of the paper's Table 1). With ``out``, the results
+    files ``out/metric-<profile>.json`` and ``.md`` are kept up to date after every row.
+    """
     p = METRIC_PROFILES[profile] if isinstance(profile, str) else profile
     dims = tuple(dims or p.student_dims)
-    start, rows = time.time(), []
+    rec = _Recorder("metric", p, seeds, device, out, log, stem)
     for seed in seeds:
         train, test = metric_data(p, device, seed)
-        teacher, _ = train_metric_teacher(p, train, test, seed, device, progress=progress)
-        row = {"method": "teacher", "seed": seed, "embedding_dim": p.teacher_dim,
-               "backbone": p.teacher_backbone, **recall_metrics(teacher, test)}
-        rows.append(row)
-        log(_row_line(row))
-        for dim in dims:
-            for method in methods:
+        teacher, _ = train_metric_teacher(p, train, seed, device, progress=progress)
+        rec.add({"method": "teacher", "seed": seed, "embedding_dim": p.teacher_dim,
+                 "backbone": p.teacher_backbone, **recall_metrics(teacher, test)})
+        for i, dim in enumerate(dims):
+            for method in methods if i == 0 else [m for m in methods if m in ("triplet", "rkd-da")]:
                 student, hist = distill_metric_student(p, method, dim, teacher, train, seed, device, progress)
-                row = {"method": method, "seed": seed, "embedding_dim": dim, "backbone": p.student_backbone,
-                       **recall_metrics(student, test), "final_loss": hist.records[-1]["loss"]}
-                rows.append(row)
-                log(_row_line(row))
-    return {"provenance": provenance(p.name, time.time() - start, device, seeds=list(seeds),
-                                     profile_settings=asdict(p)), "rows": rows}
+                rec.add({"method": method, "seed": seed, "embedding_dim": dim, "backbone": p.student_backbone,
+                         **recall_metrics(student, test), "final_loss": hist.records[-1]["loss"]})
+    return rec.results()
 
 
 def run_classify(profile: str | ClassifyProfile = "quick", seeds: Sequence[int] = (0,), methods=CLASSIFY_METHODS,
-                 device=None, progress=True, log=print) -> dict:
-    """Teacher then one student per method, per seed; returns the results dict."""
+                 device=None, progress=True, log=print, out=None, stem=None) -> dict:
+    """Teacher then one student per method, per seed; returns the results dict (see :func:`run_metric`)."""
     p = CLASSIFY_PROFILES[profile] if isinstance(profile, str) else profile
-    start, rows = time.time(), []
+    rec = _Recorder("classify", p, seeds, device, out, log, stem)
     for seed in seeds:
         train, test = classify_data(p, device, seed)
         teacher, _ = train_classify_teacher(p, train, seed, device, progress=progress)
-        row = {"method": "teacher", "seed": seed, "backbone": p.teacher_backbone, "accuracy": accuracy(teacher, test)}
-        rows.append(row)
-        log(_row_line(row))
+        rec.add({"method": "teacher", "seed": seed, "backbone": p.teacher_backbone, "accuracy": accuracy(teacher, test)})
         for method in methods:
             student, hist = distill_classify_student(p, method, teacher, train, seed, device, progress)
-            row = {"method": method, "seed": seed, "backbone": p.student_backbone,
-                   "accuracy": accuracy(student, test), "final_loss": hist.records[-1]["loss"]}
-            rows.append(row)
-            log(_row_line(row))
-    return {"provenance": provenance(p.name, time.time() - start, device, seeds=list(seeds),
-                                     profile_settings=asdict(p)), "rows": rows}
+            rec.add({"method": method, "seed": seed, "backbone": p.student_backbone,
+                     "accuracy": accuracy(student, test), "final_loss": hist.records[-1]["loss"]})
+    return rec.results()
 
 
 def _row_line(row: dict) -> str:
@@ -362,6 +474,24 @@ def markdown_table(results: dict) -> str:
     for r in rows:
         lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     return "\n".join(lines) + "\n"
+
+
+def merge_results(parts: Sequence[dict]) -> dict:
+    """One results dict from runs of the same experiment with different seeds (e.g. run
+    as concurrent processes): rows concatenated by seed, provenance of the first run with
+    ``seeds`` united, ``wall_s`` the longest part (they overlapped), each part's kept."""
+    if not parts:
+        raise ValueError("merge_results: nothing to merge")
+    profiles = {p["provenance"]["profile"] for p in parts}
+    if len(profiles) != 1:
+        raise ValueError(f"merge_results: parts come from different profiles {sorted(profiles)}")
+    parts = sorted(parts, key=lambda p: min(p["provenance"]["seeds"]))
+    prov = dict(parts[0]["provenance"])
+    prov["seeds"] = sorted(s for p in parts for s in p["provenance"]["seeds"])
+    prov["wall_s"] = max(p["provenance"]["wall_s"] for p in parts)
+    prov["complete"] = all(p["provenance"].get("complete", True) for p in parts)
+    prov["parts"] = [{k: p["provenance"].get(k) for k in ("seeds", "wall_s", "commit", "date", "complete")} for p in parts]
+    return {"provenance": prov, "rows": [r for p in parts for r in p["rows"]]}
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -26,7 +26,7 @@ import random
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -53,6 +53,7 @@ class Term:
     fn: Callable[[Output, Optional[Output], torch.Tensor], torch.Tensor]
     module: Optional[nn.Module] = None
     needs_teacher: bool = True
+    teacher_fields: Tuple[str, ...] = ("embedding",)   # what of the teacher's Output it reads
 
 
 def ce(weight: float = 1.0) -> Term:
@@ -74,19 +75,20 @@ def rkd(distance_weight: float = 1.0, angle_weight: float = 2.0) -> Term:
 
 def hkd(weight: float = 1.0, temperature: float = 4.0) -> Term:
     """Hinton KD on the logits."""
-    return Term("hkd", weight, lambda s, t, y: hkd_loss(s.logits, t.logits, temperature))
+    return Term("hkd", weight, lambda s, t, y: hkd_loss(s.logits, t.logits, temperature), teacher_fields=("logits",))
 
 
 def fitnet(weight: float, student_channels: int, teacher_channels: int, stage: int = -1) -> Term:
     """FitNet hint on one stage's feature maps, through a learnable 1x1-conv regressor."""
     hint = FitNetHint(student_channels, teacher_channels, spatial=True)
-    return Term("fitnet", weight, lambda s, t, y: hint(s.stages[stage], t.stages[stage]), module=hint)
+    return Term("fitnet", weight, lambda s, t, y: hint(s.stages[stage], t.stages[stage]), module=hint,
+                teacher_fields=("stages",))
 
 
 def attention(weight: float, stages: Sequence[int] = (-3, -2, -1)) -> Term:
     """Attention transfer on several stages (matched from the last one backwards)."""
     return Term("attention", weight, lambda s, t, y: attention_loss(
-        [s.stages[i] for i in stages], [t.stages[i] for i in stages]))
+        [s.stages[i] for i in stages], [t.stages[i] for i in stages]), teacher_fields=("stages",))
 
 
 def darkrank(weight: float = 1.0, alpha: float = 2.0, beta: float = 3.0, list_length: int = 4) -> Term:
@@ -164,6 +166,7 @@ def fit(
     checkpoint: Optional[os.PathLike] = None,
     progress: bool = True,
     desc: str = "train",
+    teacher_cache: bool = True,
 ) -> History:
     """Train ``model`` on ``loader`` (batches of ``(x, y)``) to minimise the weighted ``terms``.
 
@@ -173,6 +176,12 @@ def fit(
         evaluate: called with the model after each epoch; its dict is added to the history.
         checkpoint: a file path; if it exists, training resumes from it, and it is
             rewritten (atomically) after every epoch.
+        teacher_cache: when the loader holds its data on the device without
+            augmentation (a :class:`~rkd_tutorial.data.DeviceLoader` with
+            ``augment=None``) and the terms read only the teacher's embedding or
+            logits, run the frozen teacher once over the data before training and
+            look its outputs up per batch, instead of a teacher forward pass per
+            step. The result is the same; the teacher's cost is paid once.
     """
     if not terms:
         raise ValueError("fit: give at least one loss term, e.g. [ce()] or [triplet()]")
@@ -198,20 +207,27 @@ def fit(
         if torch.cuda.is_available() and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"].cpu())
 
+    autocast = torch.autocast(device.type, dtype=config.autocast, enabled=config.autocast is not None)
+    cache = None
     if teacher is not None:
         teacher.eval()
+        if teacher_cache and _cacheable(loader, terms):
+            cache = _teacher_outputs(teacher, loader.images, autocast)
     model.train()
-    autocast = torch.autocast(device.type, dtype=config.autocast, enabled=config.autocast is not None)
     for epoch in range(start, config.epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         sums = torch.zeros(len(terms) + 1, device=device)
         steps = 0
-        for x, y in tqdm(loader, desc=f"{desc} {epoch + 1}/{config.epochs}", disable=not progress, leave=False):
+        batches = loader.iter_with_index() if cache is not None else ((None, x, y) for x, y in loader)
+        for index, x, y in tqdm(batches, total=len(loader), desc=f"{desc} {epoch + 1}/{config.epochs}",
+                                disable=not progress, leave=False):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast:
                 t_out = None
-                if teacher is not None:
+                if cache is not None:
+                    t_out = Output(cache.embedding[index], None if cache.logits is None else cache.logits[index], cache.pooled[index], [])
+                elif teacher is not None:
                     with torch.no_grad():
                         t_out = teacher(x)
                 s_out = model(x)
@@ -240,6 +256,24 @@ def fit(
             }, checkpoint)
     model.eval()
     return history
+
+
+def _cacheable(loader, terms: Sequence[Term]) -> bool:
+    fields = {f for t in terms if t.needs_teacher for f in t.teacher_fields}
+    return (hasattr(loader, "iter_with_index") and getattr(loader, "augment", True) is None
+            and "stages" not in fields)
+
+
+@torch.no_grad()
+def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, autocast, batch_size: int = 1024) -> Output:
+    """The teacher's embedding, logits and pooled features for every stored image (no stages)."""
+    outs = []
+    for i in range(0, len(images), batch_size):
+        with autocast:
+            o = teacher(images[i:i + batch_size])
+        outs.append(_float(o))
+    cat = lambda xs: None if xs[0] is None else torch.cat(xs)
+    return Output(cat([o.embedding for o in outs]), cat([o.logits for o in outs]), cat([o.pooled for o in outs]), [])
 
 
 def _float(out: Optional[Output]) -> Optional[Output]:

@@ -195,3 +195,28 @@ def test_cuda_memory_is_quadratic():
     rkd_loss(s, t, 1.0, 2.0).backward()
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base <= 64 * 2**20
+
+
+# ----------------------------------------------------------------------------- compiled for the GPU, without one
+
+
+def _can_compile_for_sm90() -> bool:
+    if not HAVE_TRITON or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return False
+    import triton
+
+    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas"))
+
+
+@pytest.mark.skipif(not _can_compile_for_sm90(), reason="needs Triton's NVIDIA backend (ptxas), not the interpreter")
+def test_kernels_compile_for_h100_without_spilling():
+    """Triton -> PTX -> ptxas for sm_90 (H100/H200) on this machine: catches what the interpreter cannot."""
+    from rkd_tutorial.kernels.aot import compile_all
+
+    for divisible in (True, False):
+        rows = compile_all(90, divisible=divisible)
+        assert {r["kernel"] for r in rows} >= {"pair_geometry", "angle(WANT_GRAD=True)", "distance_grad"}
+        for r in rows:
+            if r["regs"] is not None:
+                assert r["spill_bytes"] == 0, r
+                assert r["regs"] <= 255, r

@@ -114,11 +114,15 @@ def time_ms(fn, device: torch.device, reps: int, warmup: int, budget_s: float) -
     """Median milliseconds of ``fn()`` over up to ``reps`` repetitions after ``warmup`` calls.
 
     Stops early once the repetitions have used ``budget_s`` seconds (at least
-    one repetition is always timed). Returns ``(ms, repetitions)``.
+    one repetition is always timed), and warms up only once if that call alone
+    takes longer than the budget. Returns ``(ms, repetitions)``.
     """
     for _ in range(warmup):
+        t0 = time.perf_counter()
         fn()
-    synchronize(device)
+        synchronize(device)
+        if time.perf_counter() - t0 > budget_s:
+            break
     samples: list[float] = []
     spent = 0.0
     while len(samples) < max(1, reps):

@@ -218,6 +218,12 @@ class DeviceLoader:
         return torch.randperm(n, generator=g, device=self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for _, x, y in self.iter_with_index():
+            yield x, y
+
+    def iter_with_index(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Like iterating, but yields ``(index, x, y)``: ``index`` says which stored examples
+        the batch holds (the training loop uses it to look up precomputed teacher outputs)."""
         if self.sampler is not None:
             batches = self.sampler.epoch_indices(self.epoch)  # made on the CPU, once per epoch
             if self.device.type == "cuda":
@@ -232,4 +238,4 @@ class DeviceLoader:
             y = self.labels.index_select(0, index)
             if self.augment is not None:
                 x = self.augment(x)
-            yield x, y
+            yield index, x, y

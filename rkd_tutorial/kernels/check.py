@@ -24,7 +24,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from ..losses.direct import _pdist, direct_angle_loss, direct_distance_loss
+from ..losses.direct import direct_angle_loss, direct_distance_loss
 
 EPS = 1e-12
 

@@ -4,7 +4,8 @@ One call of :func:`rkd_loss` does, on the device, without synchronising with
 the host (no ``.item()``, no boolean-mask indexing):
 
 1. centre both batches and form their squared-distance matrices ``Q_s``,
-   ``Q_t`` (:func:`~.triton_kernels.sqdist_kernel`, ``O(N^2 D)``);
+   ``Q_t`` and, for the angle loss, the per-pair factors ``U = 1/d`` and
+   ``B = d/2`` (:func:`~.triton_kernels.pair_geometry_kernel`, ``O(N^2 D)``);
 2. distance loss (if ``distance_weight``): three ``N x N`` passes,
    ``sum d`` -> Huber sums -> ``dL/dQ`` (:mod:`.triton_kernels`);
 3. angle loss (if ``angle_weight``): one launch of :func:`~.triton_kernels.angle_kernel`
@@ -16,9 +17,9 @@ The loss and its gradient come out of the same forward pass, like
 ``_AngleLossFunction`` in :mod:`rkd_tutorial.losses.relational`: the backward
 pass only multiplies the stored gradient by ``grad_output``.
 
-Memory: three ``N x N`` float32 matrices (``Q_s``, ``Q_t``, ``dL/dQ``), the
-centred and transposed copies of the inputs and the gradient: about 200 MiB
-at ``N = 4096``, 13 MiB at ``N = 1024``.
+Memory: seven ``N x N`` float32 matrices (``Q``, ``U``, ``B`` of student
+and teacher, ``dL/dQ``), the centred and transposed copies of the inputs and
+the gradient: about 450 MiB at ``N = 4096``, 29 MiB at ``N = 1024``.
 """
 
 from __future__ import annotations
@@ -36,14 +37,21 @@ __all__ = ["rkd_loss", "launch_config"]
 
 #: Tile edge of the angle kernel (pairs ``(b, c)`` per program: BLOCK^2).
 ANGLE_BLOCK = 64
-#: Tile edge of the three ``N x N`` distance passes.
+#: Anchors the angle kernel's loop prefetches ahead (``tl.range(num_stages=...)``; 1: none).
+ANGLE_STAGES = 3
+#: Warps per angle program: 4 warps x 32 threads hold a 64 x 64 tile as 32 values each.
+ANGLE_WARPS = 4
+#: Tile edge of the ``N x N`` passes (squared distances, distance loss).
 PAIR_BLOCK = 64
-#: Aim for this many angle programs per streaming multiprocessor.
-PROGRAMS_PER_SM = 4
+#: Angle programs resident per streaming multiprocessor: 248 registers x 128 threads
+#: (``python -m rkd_tutorial.kernels.aot``) leave room for 2 in 64K registers.
+PROGRAMS_PER_SM = 2
 #: Fewest anchors one angle program walks over (so the tile load pays off).
 MIN_ANCHORS_PER_PROGRAM = 8
-#: Largest batch whose ``N^2`` indices fit the kernels' 32-bit offsets.
-MAX_N = 46340
+#: Accept an anchor split once the last wave of programs is this full on average.
+WAVE_EFFICIENCY = 0.9
+#: Largest batch whose padded ``N x N`` buffers fit the kernels' 32-bit offsets.
+MAX_N = 46272
 
 
 @contextlib.contextmanager
@@ -85,25 +93,39 @@ def _tile_pairs(tiles: int, device: torch.device):
     return idx[0].contiguous(), idx[1].contiguous()
 
 
+def _wave_efficiency(programs: int, slots: int) -> float:
+    """Fraction of the GPU's program slots busy on average over all waves."""
+    return programs / (-(-programs // slots) * slots)
+
+
 def launch_config(n: int, device: torch.device, block: int | None = None, anchor_splits: int | None = None):
     """Launch parameters of the angle kernel: ``(block, tiles, anchors_per_program, grid, num_warps)``.
 
-    A tile of ``block x block`` pairs is one program's register state; when
-    there are fewer tiles than the GPU has room for (small ``N``), the anchors
-    are split over several programs per tile (``anchor_splits``), whose
-    results meet through atomic adds.
+    A tile of ``block x block`` pairs is one program's register state, and
+    every program costs the same, so the programs run in "waves" of
+    ``PROGRAMS_PER_SM x SMs``. With few tiles (small ``N``) or a last wave
+    nearly empty, the anchors of each tile are split over several programs
+    (``anchor_splits``), whose results meet through atomic adds: the
+    smallest split whose waves are ``WAVE_EFFICIENCY`` full.
     """
     block = block or ANGLE_BLOCK
     tiles = -(-n // block)
     num_tiles = tiles * (tiles + 1) // 2
     if anchor_splits is None:
-        sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device()) if device.type == "cuda" else 1
-        anchor_splits = -(-PROGRAMS_PER_SM * sms // num_tiles)
-        anchor_splits = max(1, min(anchor_splits, n // MIN_ANCHORS_PER_PROGRAM))
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            slots = PROGRAMS_PER_SM * _sm_count(index)
+        else:  # the interpreter runs programs one by one
+            slots = 1
+        max_splits = max(1, n // MIN_ANCHORS_PER_PROGRAM)
+        candidates = range(1, max_splits + 1)
+        anchor_splits = next(
+            (s for s in candidates if _wave_efficiency(num_tiles * s, slots) >= WAVE_EFFICIENCY),
+            max(candidates, key=lambda s: _wave_efficiency(num_tiles * s, slots)),
+        )
     anchors_per_program = -(-n // max(1, anchor_splits))
     grid = (num_tiles, -(-n // anchors_per_program))
-    num_warps = 8 if block >= 64 else 4
-    return block, tiles, anchors_per_program, grid, num_warps
+    return block, tiles, anchors_per_program, grid, ANGLE_WARPS
 
 
 def _gradient_from_dq(dq: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -126,45 +148,61 @@ def _gradient_from_dq(dq: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return g.mul_(2.0)
 
 
-def _centered_sqdist(x: torch.Tensor):
-    """The centred batch (float32, ``N x D``) and its squared distances (``N x N``)."""
+def _pair_geometry(x: torch.Tensor, ld: int, with_angle: bool):
+    """Centre the batch (float32, ``N x D``); its squared distances ``Q`` and, for angles, ``U``, ``B``.
+
+    The matrices are ``LD x LD`` buffers (``LD`` a multiple of ``PAIR_BLOCK``),
+    zero past ``N``.
+    """
     x = x.detach().to(torch.float32)
     x = x - x.mean(dim=0, keepdim=True)
     n, d = x.shape
-    q = torch.empty((n, n), dtype=torch.float32, device=x.device)
-    grid = (-(-n // PAIR_BLOCK), -(-n // PAIR_BLOCK))
-    K.sqdist_kernel[grid](x.t().contiguous(), q, n, d, BLOCK=PAIR_BLOCK, UNROLL=4, num_warps=4)
-    return x, q
+    xt = x.new_empty((d, ld))
+    xt[:, :n] = x.t()
+    q = x.new_empty((ld, ld))
+    u, b = (torch.empty_like(q), torch.empty_like(q)) if with_angle else (q, q)
+    grid = (ld // PAIR_BLOCK, ld // PAIR_BLOCK)
+    K.pair_geometry_kernel[grid](
+        xt, q, u, b, n, ld, d,
+        BLOCK=PAIR_BLOCK, UNROLL=4, EPS2=K.EPS**2, WITH_ANGLE=with_angle, num_warps=4,
+    )
+    return x, q, u, b
 
 
 def _forward(student, teacher, distance_weight, angle_weight, want_grad, block, anchor_splits):
     """Loss (float32 0-d tensor) and, if ``want_grad``, ``dL/dstudent`` (float32, ``N x Ds``)."""
     n = student.shape[0]
-    xs, qs = _centered_sqdist(student)
-    _, qt = _centered_sqdist(teacher)
-    stats = torch.zeros(8, dtype=torch.float32, device=student.device)
+    with_angle = bool(angle_weight) and n >= 3
+    angle_launch = launch_config(n, student.device, block, anchor_splits) if with_angle else None
+    # Row stride (and size) of the N x N buffers: N rounded up to whole tiles.
+    tile = max(PAIR_BLOCK, angle_launch[0] if with_angle else PAIR_BLOCK)
+    ld = -(-n // tile) * tile
+    xs, qs, us, bs = _pair_geometry(student, ld, with_angle)
+    _, qt, ut, bt = _pair_geometry(teacher, ld, with_angle)
+    stats = torch.zeros(4, dtype=torch.float32, device=student.device)  # see triton_kernels
     dq = None
     if want_grad:
         # The distance pass stores every entry; without it the angle kernel adds onto zeros.
-        dq = (torch.empty if distance_weight else torch.zeros)((n, n), dtype=torch.float32, device=student.device)
+        dq = (torch.empty if distance_weight else torch.zeros)((ld, ld), dtype=torch.float32, device=student.device)
 
     if distance_weight:
         grid = (-(-n // PAIR_BLOCK), -(-n // PAIR_BLOCK))
-        K.distance_sums_kernel[grid](qs, qt, stats, n, BLOCK=PAIR_BLOCK, EPS=K.EPS)
-        K.distance_loss_kernel[grid](qs, qt, stats, n, BLOCK=PAIR_BLOCK, EPS=K.EPS)
+        K.distance_sums_kernel[grid](qs, qt, stats, n, ld, BLOCK=PAIR_BLOCK, EPS=K.EPS)
+        K.distance_loss_kernel[grid](qs, qt, stats, n, ld, distance_weight / n**2, BLOCK=PAIR_BLOCK, EPS=K.EPS)
         if want_grad:
-            K.distance_grad_kernel[grid](qs, qt, stats, dq, n, distance_weight / n**2, BLOCK=PAIR_BLOCK, EPS=K.EPS)
+            K.distance_grad_kernel[grid](qs, qt, stats, dq, n, ld, distance_weight / n**2, BLOCK=PAIR_BLOCK, EPS=K.EPS)
 
-    if angle_weight and n >= 3:
-        blk, tiles, per_program, grid, num_warps = launch_config(n, student.device, block, anchor_splits)
+    if with_angle:
+        blk, tiles, per_program, grid, num_warps = angle_launch
         tile_b, tile_c = _tile_pairs(tiles, student.device)
         K.angle_kernel[grid](
-            qs, qt, dq if want_grad else stats, stats, tile_b, tile_c, n, per_program, angle_weight / n**3,
-            BLOCK=blk, EPS2=K.EPS**2, WANT_GRAD=bool(want_grad), num_warps=num_warps,
+            qs, qt, us, ut, bs, bt, dq if want_grad else stats, stats, tile_b, tile_c,
+            n, ld, per_program, max(1, per_program // (2 * tiles)), angle_weight / n**3,
+            BLOCK=blk, STAGES=ANGLE_STAGES, WANT_GRAD=bool(want_grad), num_warps=num_warps,
         )
 
-    loss = stats[2] * (distance_weight / n**2) + stats[4]
-    grad = _gradient_from_dq(dq, xs) if want_grad else None
+    loss = stats[2]  # both terms, weighted and normalised by the kernels
+    grad = _gradient_from_dq(dq[:n, :n], xs) if want_grad else None
     return loss, grad
 
 
@@ -194,8 +232,9 @@ def _check(student, teacher, need: int):
         raise ValueError(f"rkd kernels: batch sizes differ, {n} (student) vs {teacher.shape[0]} (teacher)")
     if n < need:
         raise ValueError(f"rkd kernels: need at least {need} examples, got {n}")
-    if n > MAX_N:
-        raise ValueError(f"rkd kernels: N = {n} exceeds the 32-bit indexing limit {MAX_N}")
+    if n > MAX_N or max(student.shape[1], teacher.shape[1]) * (n + 128) >= 2**31:
+        raise ValueError(f"rkd kernels: N x D = {n} x {max(student.shape[1], teacher.shape[1])} exceeds "
+                         f"the kernels' 32-bit indexing (N <= {MAX_N}, N * D < 2^31)")
     if student.device != teacher.device:
         raise ValueError(f"rkd kernels: student on {student.device}, teacher on {teacher.device}")
     if student.device.type != "cuda" and not interpreter_enabled():

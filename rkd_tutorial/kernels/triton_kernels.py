@@ -2,7 +2,10 @@
 
 Everything RKD needs is in the two matrices of squared distances
 ``Q_ij = ||x_i - x_j||^2`` (student ``QS`` and teacher ``QT``, ``N x N``
-float32, row-major), computed first by :func:`sqdist_kernel`:
+float32, stored in ``LD x LD`` buffers, ``LD`` = ``N`` rounded up to a
+multiple of the tile edge, zero-padded: the angle kernel then needs no masks
+and Triton can vectorise its loads for every ``N``), computed first by
+:func:`pair_geometry_kernel`:
 
 * the distances of Eq. (3) are ``sqrt(Q_ij)``;
 * the angle potential of Eq. (6) follows from the law of cosines::
@@ -22,9 +25,9 @@ The kernels write into
   ====  ============================================================
   [0]   sum of the student's off-diagonal distances  (``N (N-1) mu_s``)
   [1]   sum of the teacher's off-diagonal distances  (``N (N-1) mu_t``)
-  [2]   sum over all pairs of Huber(psi_D student - psi_D teacher)
+  [2]   the loss: distance_weight / N^2 * sum over pairs of Huber(psi_D s - psi_D t)
+        + angle_weight / N^3 * sum over triplets of Huber(psi_A s - psi_A t)
   [3]   sum over all pairs of h'(...) * d_s  (needed for ``dL/dmu_s``)
-  [4]   the angle loss, already weighted and divided by ``N^3``
   ====  ============================================================
 
 * ``DQ``, the ``N x N`` derivative of the weighted loss with respect to the
@@ -36,17 +39,19 @@ The kernels write into
 Notation inside the angle kernel (one anchor ``a`` at a time, ``b`` and ``c``
 index a tile):
 
-* ``u_ab = 1 / d_ab``, and ``beta_ab = d_ab / 2`` -- both 0 when the two
-  points coincide (``d_ab <= 1e-12``: a zero vector has no direction);
-* ``H_bc = Q_bc / 2``; the cosine is then three multiply-adds::
+* ``u_ab = U_ab = 1 / d_ab`` and ``b_ab = B_ab = d_ab / 2``, both 0 when the
+  two points coincide (``d_ab <= 1e-12``: a zero vector has no direction),
+  precomputed per pair by :func:`pair_geometry_kernel`;
+* with ``Q_bc / 2`` of the tile in registers, the cosine is three multiply-adds::
 
-      cos_abc = u_ab (beta_ac - u_ac H_bc) + beta_ab u_ac
+      cos_abc = u_ab (b_ac - u_ac Q_bc / 2) + b_ab u_ac
 
 * Huber with delta 1 of ``x = cos_s - cos_t`` and its derivative, with
   ``clip = clamp(x, -1, 1) = h'(x)``: ``h(x) = clip * (x - clip / 2)``.
 
 Only plain Triton is used: masked ``tl.load``/``tl.store``, ``tl.sum``,
-``tl.atomic_add`` (relaxed), loops with run-time bounds. The same source runs
+``tl.atomic_add`` (relaxed), loops with run-time bounds (``tl.range`` with
+``num_stages`` for the anchor loop, which lets Triton prefetch). The same source runs
 on a GPU and under Triton's CPU interpreter (``TRITON_INTERPRET=1``).
 """
 
@@ -66,8 +71,19 @@ EPS = 1e-12
 
 
 @triton.jit
-def sqdist_kernel(XT, Q, N, D, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
-    """``Q_ij = sum_k (x_ik - x_jk)^2`` for one ``BLOCK x BLOCK`` tile; ``XT`` is ``X^T`` (``D x N``)."""
+def pair_geometry_kernel(
+    XT, Q, U, B, N, LD, D,
+    BLOCK: tl.constexpr, UNROLL: tl.constexpr, EPS2: tl.constexpr, WITH_ANGLE: tl.constexpr,
+):
+    """One ``BLOCK x BLOCK`` tile of ``Q_ij = sum_k (x_ik - x_jk)^2`` (and of ``U``, ``B``).
+
+    ``XT`` is ``X^T`` (``D x LD``, so that column ``k`` of the batch is
+    contiguous). The grid covers the whole ``LD x LD`` buffers, whose padding
+    (``i >= N`` or ``j >= N``) gets zeros. With ``WITH_ANGLE`` it also stores
+    the per-pair factors of the angle kernel, ``U_ij = 1 / d_ij`` and
+    ``B_ij = d_ij / 2``, both 0 for coincident points (``Q_ij <= EPS2``; also
+    on the diagonal) and in the padding.
+    """
     offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_i = offs_i < N
@@ -76,11 +92,18 @@ def sqdist_kernel(XT, Q, N, D, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
     for k0 in range(0, D, UNROLL):
         for kk in tl.static_range(UNROLL):
             k = k0 + kk
-            x_i = tl.load(XT + k * N + offs_i, mask=in_i & (k < D), other=0.0)
-            x_j = tl.load(XT + k * N + offs_j, mask=in_j & (k < D), other=0.0)
+            x_i = tl.load(XT + k * LD + offs_i, mask=in_i & (k < D), other=0.0)
+            x_j = tl.load(XT + k * LD + offs_j, mask=in_j & (k < D), other=0.0)
             diff = x_i[:, None] - x_j[None, :]
             acc += diff * diff
-    tl.store(Q + offs_i[:, None] * N + offs_j[None, :], acc, mask=in_i[:, None] & in_j[None, :])
+    pairs = offs_i[:, None] * LD + offs_j[None, :]
+    valid = in_i[:, None] & in_j[None, :]
+    q = tl.where(valid, acc, 0.0)
+    tl.store(Q + pairs, q)
+    if WITH_ANGLE:
+        u = tl.where(q > EPS2, 1.0 / tl.sqrt(tl.maximum(q, EPS2)), 0.0)
+        tl.store(U + pairs, u)
+        tl.store(B + pairs, 0.5 * q * u)
 
 
 # ---------------------------------------------------------------------------
@@ -89,7 +112,7 @@ def sqdist_kernel(XT, Q, N, D, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
 
 
 @triton.jit
-def _pair_distances(Q, offs_i, offs_j, N, EPS: tl.constexpr):
+def _pair_distances(Q, offs_i, offs_j, N, LD, EPS: tl.constexpr):
     """Distances of a tile of pairs from squared distances.
 
     Returns ``(d, half_inv_d)``: ``d_ij = sqrt(max(Q_ij, EPS))`` off the
@@ -100,7 +123,7 @@ def _pair_distances(Q, offs_i, offs_j, N, EPS: tl.constexpr):
     """
     in_i = offs_i < N
     in_j = offs_j < N
-    q = tl.load(Q + offs_i[:, None] * N + offs_j[None, :], mask=in_i[:, None] & in_j[None, :], other=0.0)
+    q = tl.load(Q + offs_i[:, None] * LD + offs_j[None, :], mask=in_i[:, None] & in_j[None, :], other=0.0)
     off_diag = (offs_i[:, None] != offs_j[None, :]) & in_i[:, None] & in_j[None, :]
     root = tl.sqrt(tl.maximum(q, EPS))
     d = tl.where(off_diag, root, 0.0)
@@ -109,41 +132,41 @@ def _pair_distances(Q, offs_i, offs_j, N, EPS: tl.constexpr):
 
 
 @triton.jit
-def distance_sums_kernel(QS, QT, STATS, N, BLOCK: tl.constexpr, EPS: tl.constexpr):
+def distance_sums_kernel(QS, QT, STATS, N, LD, BLOCK: tl.constexpr, EPS: tl.constexpr):
     """Pass 1: ``STATS[0] += sum d_s``, ``STATS[1] += sum d_t`` over one tile of pairs."""
     offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    d_s, _ = _pair_distances(QS, offs_i, offs_j, N, EPS)
-    d_t, _ = _pair_distances(QT, offs_i, offs_j, N, EPS)
+    d_s, _ = _pair_distances(QS, offs_i, offs_j, N, LD, EPS)
+    d_t, _ = _pair_distances(QT, offs_i, offs_j, N, LD, EPS)
     tl.atomic_add(STATS + 0, tl.sum(d_s), sem="relaxed")
     tl.atomic_add(STATS + 1, tl.sum(d_t), sem="relaxed")
 
 
 @triton.jit
-def _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, EPS: tl.constexpr):
+def _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS: tl.constexpr):
     """psi_D of Eq. (4) for student and teacher, the Huber derivative ``clip``, and helpers."""
     pairs = N * (N - 1)
     mu_s = tl.maximum(tl.load(STATS + 0) / pairs, EPS)
     mu_t = tl.maximum(tl.load(STATS + 1) / pairs, EPS)
-    d_s, half_inv_d_s = _pair_distances(QS, offs_i, offs_j, N, EPS)
-    d_t, _ = _pair_distances(QT, offs_i, offs_j, N, EPS)
+    d_s, half_inv_d_s = _pair_distances(QS, offs_i, offs_j, N, LD, EPS)
+    d_t, _ = _pair_distances(QT, offs_i, offs_j, N, LD, EPS)
     diff = d_s / mu_s - d_t / mu_t
     clip = tl.minimum(tl.maximum(diff, -1.0), 1.0)
     return diff, clip, d_s, half_inv_d_s, mu_s
 
 
 @triton.jit
-def distance_loss_kernel(QS, QT, STATS, N, BLOCK: tl.constexpr, EPS: tl.constexpr):
-    """Pass 2: ``STATS[2] += sum Huber(psi_s - psi_t)``, ``STATS[3] += sum clip * d_s``."""
+def distance_loss_kernel(QS, QT, STATS, N, LD, scale, BLOCK: tl.constexpr, EPS: tl.constexpr):
+    """Pass 2: ``STATS[2] += scale * sum Huber(psi_s - psi_t)``, ``STATS[3] += sum clip * d_s``."""
     offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    diff, clip, d_s, _, _ = _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, EPS)
-    tl.atomic_add(STATS + 2, tl.sum(clip * (diff - 0.5 * clip)), sem="relaxed")
+    diff, clip, d_s, _, _ = _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS)
+    tl.atomic_add(STATS + 2, tl.sum(clip * (diff - 0.5 * clip)) * scale, sem="relaxed")
     tl.atomic_add(STATS + 3, tl.sum(clip * d_s), sem="relaxed")
 
 
 @triton.jit
-def distance_grad_kernel(QS, QT, STATS, DQ, N, scale, BLOCK: tl.constexpr, EPS: tl.constexpr):
+def distance_grad_kernel(QS, QT, STATS, DQ, N, LD, scale, BLOCK: tl.constexpr, EPS: tl.constexpr):
     """Pass 3: *store* (not add) the distance loss's ``dL/dQ_ij`` into ``DQ``; it runs before the angle kernel.
 
     With ``L = scale * sum_ij h(d_ij / mu - t_ij)`` and ``mu = sum_{i != j} d_ij / (N (N-1))``::
@@ -153,11 +176,11 @@ def distance_grad_kernel(QS, QT, STATS, DQ, N, scale, BLOCK: tl.constexpr, EPS: 
     """
     offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    _, clip, _, half_inv_d_s, mu_s = _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, EPS)
+    _, clip, _, half_inv_d_s, mu_s = _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS)
     k = tl.load(STATS + 3) / (mu_s * mu_s)
     dl_dd = scale * (clip / mu_s - k / (N * (N - 1)))
     in_ij = (offs_i < N)[:, None] & (offs_j < N)[None, :]
-    tl.store(DQ + offs_i[:, None] * N + offs_j[None, :], dl_dd * half_inv_d_s, mask=in_ij)
+    tl.store(DQ + offs_i[:, None] * LD + offs_j[None, :], dl_dd * half_inv_d_s, mask=in_ij)
 
 
 # ---------------------------------------------------------------------------
@@ -167,16 +190,21 @@ def distance_grad_kernel(QS, QT, STATS, DQ, N, scale, BLOCK: tl.constexpr, EPS: 
 
 @triton.jit
 def angle_kernel(
-    QS, QT, DQ, STATS, TILE_B, TILE_C, N, anchors_per_program, scale,
-    BLOCK: tl.constexpr, EPS2: tl.constexpr, WANT_GRAD: tl.constexpr,
+    QS, QT, US, UT, BS, BT, DQ, STATS, TILE_B, TILE_C, N, LD, anchors_per_program, stagger, scale,
+    BLOCK: tl.constexpr, STAGES: tl.constexpr, WANT_GRAD: tl.constexpr,
 ):
     """RKD-A over one tile ``(b, c)`` of pairs (``c``-tile >= ``b``-tile) and a range of anchors.
 
     Program ``(t, s)`` owns the tile ``(TILE_B[t], TILE_C[t])`` of the upper
     block triangle -- ``cos_abc = cos_acb``, so a tile off the block diagonal
     stands for itself and its mirror image (weight 2) -- and the anchors
-    ``a`` in ``[s * anchors_per_program, (s + 1) * anchors_per_program)``.
-    ``EPS2`` is ``EPS**2``: a pair is coincident when ``Q_ab = d_ab^2 <= EPS2``.
+    ``a`` in ``[s * anchors_per_program, (s + 1) * anchors_per_program)``,
+    visited cyclically from an offset ``(TILE_B + TILE_C) * stagger``: programs
+    sharing a block of columns then work on different anchors at any moment,
+    so their atomic adds to row ``a`` of ``DQ`` do not pile up on the same
+    addresses (while ~2 x tiles rows stay hot in L2). Inputs: ``Q`` (squared distances), ``U = 1/d`` and ``B = d/2`` (0 for
+    coincident pairs), student ``S`` and teacher ``T``, from
+    :func:`pair_geometry_kernel`, all ``LD x LD`` with zero padding.
 
     Differentiating ``cos_abc = (Q_ab + Q_ac - Q_bc) u_ab u_ac / 2`` with
     ``u_ab = Q_ab^(-1/2)``, and with ``clip = h'(cos_s - cos_t)``::
@@ -201,48 +229,40 @@ def angle_kernel(
 
     offs_b = tb * BLOCK + tl.arange(0, BLOCK)
     offs_c = tc * BLOCK + tl.arange(0, BLOCK)
-    in_b = offs_b < N
-    in_c = offs_c < N
-    pairs = offs_b[:, None] * N + offs_c[None, :]
-    in_bc = in_b[:, None] & in_c[None, :]
+    pairs = offs_b[:, None] * LD + offs_c[None, :]
 
     # Half the squared distances of the tile, student and teacher: in registers for all anchors.
-    hs_bc = 0.5 * tl.load(QS + pairs, mask=in_bc, other=0.0)
-    ht_bc = 0.5 * tl.load(QT + pairs, mask=in_bc, other=0.0)
+    # No masks: the buffers are LD x LD with LD a multiple of BLOCK, and U = B = 0 in the
+    # padding, which makes every padded pair's cosine 0 and its contributions 0.
+    hs_bc = 0.5 * tl.load(QS + pairs)
+    ht_bc = 0.5 * tl.load(QT + pairs)
 
     loss_acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
     dq_bc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
 
-    # Software pipelining by hand: row a + 1 of Q_s and Q_t is loaded while row a is used.
-    # (The helpers are written out inline: Triton's CPU interpreter pays per helper call.)
-    qs_ab = tl.load(QS + a_start * N + offs_b, mask=in_b, other=0.0)
-    qs_ac = tl.load(QS + a_start * N + offs_c, mask=in_c, other=0.0)
-    qt_ab = tl.load(QT + a_start * N + offs_b, mask=in_b, other=0.0)
-    qt_ac = tl.load(QT + a_start * N + offs_c, mask=in_c, other=0.0)
-    for a in range(a_start, a_end):
-        nxt = tl.minimum(a + 1, N - 1) * N
-        nqs_ab = tl.load(QS + nxt + offs_b, mask=in_b, other=0.0)
-        nqs_ac = tl.load(QS + nxt + offs_c, mask=in_c, other=0.0)
-        nqt_ab = tl.load(QT + nxt + offs_b, mask=in_b, other=0.0)
-        nqt_ac = tl.load(QT + nxt + offs_c, mask=in_c, other=0.0)
+    count = a_end - a_start
+    shift = ((tb + tc) * stagger) % count
+    # STAGES > 1: Triton's software pipeliner prefetches the next anchors' rows.
+    for i in tl.range(0, count, num_stages=STAGES):
+        a = a_start + i + shift
+        a = tl.where(a >= a_end, a - count, a)  # cyclic: every anchor of the range once
+        row_a = a * LD  # row a of the per-pair factors, at the tile's rows b and columns c
+        us_b = tl.load(US + row_a + offs_b)
+        us_c = tl.load(US + row_a + offs_c)
+        bs_b = tl.load(BS + row_a + offs_b)
+        bs_c = tl.load(BS + row_a + offs_c)
+        ut_b = tl.load(UT + row_a + offs_b)
+        ut_c = tl.load(UT + row_a + offs_c)
+        bt_b = tl.load(BT + row_a + offs_b)
+        bt_c = tl.load(BT + row_a + offs_c)
 
-        # u = 1 / d and beta = d / 2 for the pairs (a, b) and (a, c); both 0 for a coincident
-        # pair (and for padding, where q = 0): its unit vector e_ab of Eq. (6) is 0.
-        us_b = tl.where(qs_ab > EPS2, 1.0 / tl.sqrt(tl.maximum(qs_ab, EPS2)), 0.0)
-        us_c = tl.where(qs_ac > EPS2, 1.0 / tl.sqrt(tl.maximum(qs_ac, EPS2)), 0.0)
-        ut_b = tl.where(qt_ab > EPS2, 1.0 / tl.sqrt(tl.maximum(qt_ab, EPS2)), 0.0)
-        ut_c = tl.where(qt_ac > EPS2, 1.0 / tl.sqrt(tl.maximum(qt_ac, EPS2)), 0.0)
-        bs_b = 0.5 * qs_ab * us_b
-        bs_c = 0.5 * qs_ac * us_c
-        bt_b = 0.5 * qt_ab * ut_b
-        bt_c = 0.5 * qt_ac * ut_c
-
-        # Eq. (6) by the law of cosines, student and teacher.
+        # Eq. (6) by the law of cosines, cos_abc = u_ab (b_ac - u_ac Q_bc / 2) + b_ab u_ac,
+        # student and teacher; 0 when b or c coincides with the anchor (u = b = 0).
         cos_s = us_b[:, None] * (bs_c[None, :] - us_c[None, :] * hs_bc) + bs_b[:, None] * us_c[None, :]
-        cos_t = ut_b[:, None] * (bt_c[None, :] - ut_c[None, :] * ht_bc) + bt_b[:, None] * ut_c[None, :]
+        # diff = cos_s - cos_t, the teacher's cosine subtracted term by term (3 multiply-adds).
+        diff = (cos_s - bt_b[:, None] * ut_c[None, :]) - ut_b[:, None] * (bt_c[None, :] - ut_c[None, :] * ht_bc)
 
         # Eq. (7): Huber loss (delta 1) and its derivative.
-        diff = cos_s - cos_t
         clip = tl.minimum(tl.maximum(diff, -1.0), 1.0)
         loss_acc += clip * (diff - 0.5 * clip)
 
@@ -252,11 +272,9 @@ def angle_kernel(
             col = tl.sum(clip * (us_b[:, None] - us_c[None, :] * cos_s), axis=0) * us_c
             # Both orders (a, b, c) and (a, c, b) feed Q_ab, which cancels the 1/2. The
             # column sums belong to the mirror tile, which exists only off the diagonal.
-            tl.atomic_add(DQ + a * N + offs_b, row * scale, mask=in_b, sem="relaxed")
-            tl.atomic_add(DQ + a * N + offs_c, col * scale, mask=in_c & off_diag, sem="relaxed")
-
-        qs_ab, qs_ac, qt_ab, qt_ac = nqs_ab, nqs_ac, nqt_ab, nqt_ac
+            tl.atomic_add(DQ + row_a + offs_b, row * scale, sem="relaxed")
+            tl.atomic_add(DQ + row_a + offs_c, col * scale, mask=off_diag, sem="relaxed")
 
     if WANT_GRAD:
-        tl.atomic_add(DQ + pairs, dq_bc * (-0.5 * weight * scale), mask=in_bc, sem="relaxed")
-    tl.atomic_add(STATS + 4, tl.sum(loss_acc) * (weight * scale), sem="relaxed")
+        tl.atomic_add(DQ + pairs, dq_bc * (-0.5 * weight * scale), sem="relaxed")
+    tl.atomic_add(STATS + 2, tl.sum(loss_acc) * (weight * scale), sem="relaxed")

@@ -1,0 +1,402 @@
+"""Plots the chapters share: relations, embeddings, training curves, results.
+
+Every function takes tensors (or arrays) as the rest of the package produces
+them, draws with matplotlib (and seaborn where it helps), and returns the
+:class:`matplotlib.figure.Figure`, so a chapter can save it or adjust it.
+
+In a notebook, assign the result (``fig = viz.distance_heatmaps(...)``): the
+inline backend shows the figure once at the end of the cell. (A figure left as
+the cell's last expression is shown twice.)
+
+========================  ==============================================  =========
+function                  shows                                           chapters
+========================  ==============================================  =========
+:func:`distance_heatmaps` normalised distance matrices ``psi_D``, side     2, 4, 6
+                          by side on one colour scale
+:func:`angle_histograms`  distributions of the angle potentials ``psi_A``  2, 4, 6
+:func:`embedding_scatter` 2-D embeddings (PCA above 2-D), coloured by      2, 4, 6
+                          label
+:func:`training_curves`   per-epoch columns of :class:`~rkd_tutorial.      4, 5, 6
+                          train.History` objects
+:func:`results_bar`       a results dict (``{"rows": [...]}``) as bars     4, 5, 7
+========================  ==============================================  =========
+
+The potentials are those of :mod:`rkd_tutorial.losses.relational`: what a
+heatmap or a histogram shows is exactly what RKD-D and RKD-A compare.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional, Sequence, Union
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+
+from .losses.relational import angle_potential, distance_potential
+from .train import History
+
+__all__ = [
+    "PALETTE",
+    "distance_heatmaps",
+    "angle_histograms",
+    "embedding_scatter",
+    "training_curves",
+    "results_bar",
+]
+
+#: Colours used throughout the book: the teacher is always blue, the student orange.
+PALETTE: Dict[str, str] = {"teacher": "#0173b2", "student": "#de8f05", "other": "#029e73"}
+
+ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
+Panels = Union[ArrayLike, Mapping[str, ArrayLike], Sequence[ArrayLike]]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _tensor(x: ArrayLike) -> torch.Tensor:
+    """A detached float64 CPU tensor (exact potentials, no autograd)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(x), dtype=torch.float64)
+
+
+def _numpy(x: ArrayLike) -> np.ndarray:
+    return _tensor(x).numpy()
+
+
+def _panels(data: Panels, titles: Optional[Sequence[str]] = None) -> Dict[str, ArrayLike]:
+    """Normalise one array, a list of arrays or a ``{title: array}`` mapping to a dict."""
+    if isinstance(data, Mapping):
+        panels = dict(data)
+    elif isinstance(data, (torch.Tensor, np.ndarray)):
+        panels = {"": data}
+    else:
+        data = list(data)
+        names = list(titles) if titles is not None else [f"#{i + 1}" for i in range(len(data))]
+        if len(names) != len(data):
+            raise ValueError(f"got {len(data)} arrays but {len(names)} titles")
+        panels = dict(zip(names, data))
+    if not panels:
+        raise ValueError("nothing to plot: give at least one array")
+    return panels
+
+
+def _colour(name: str, i: int) -> str:
+    key = name.lower()
+    for role in ("teacher", "student"):
+        if key.startswith(role):
+            return PALETTE[role]
+    return sns.color_palette("colorblind")[(i + 2) % 10]
+
+
+def _subsample(n: int, max_points: Optional[int]) -> torch.Tensor:
+    """Evenly spaced indices (deterministic), all of them if ``n <= max_points``."""
+    if max_points is None or n <= max_points:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, max_points).round().long()
+
+
+# ----------------------------------------------------------------------------- relations
+
+def distance_heatmaps(
+    embeddings: Panels,
+    labels: Optional[ArrayLike] = None,
+    titles: Optional[Sequence[str]] = None,
+    normalized: bool = True,
+    cmap: str = "viridis",
+    vmax: Optional[float] = None,
+    panel_size: float = 3.2,
+) -> Figure:
+    """Distance matrices of several embeddings of the same examples, side by side.
+
+    Args:
+        embeddings: ``{title: N x D}`` (e.g. ``{"teacher": t, "student": s}``),
+            or a list of ``N x D`` arrays (then give ``titles``), or one array.
+            The widths ``D`` may differ; ``N`` must not.
+        labels: optional ``N`` class labels; the examples are then sorted by
+            label (stably) and the class blocks outlined, so clusters show as
+            dark squares on the diagonal.
+        normalized: plot ``psi_D`` (distances divided by their mean over
+            ``i != j``, RKD paper Eq. 3-4), which is what RKD-D compares; with
+            ``False``, raw Euclidean distances.
+        vmax: top of the shared colour scale (default: the 99th percentile of
+            all panels, so one far outlier does not wash out the rest).
+
+    Returns:
+        The figure: one heatmap per embedding and one shared colour bar.
+    """
+    panels = _panels(embeddings, titles)
+    sizes = {len(_tensor(x)) for x in panels.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"distance_heatmaps: all embeddings must have the same N, got sizes {sorted(sizes)}")
+    n = sizes.pop()
+    order = torch.arange(n)
+    y = None
+    if labels is not None:
+        y = _tensor(labels).long()
+        if len(y) != n:
+            raise ValueError(f"distance_heatmaps: {len(y)} labels for {n} examples")
+        order = torch.sort(y, stable=True).indices
+        y = y[order]
+    mats = []
+    for x in panels.values():
+        x = _tensor(x).reshape(n, -1)[order]
+        if normalized:
+            mats.append(distance_potential(x).numpy())
+        else:
+            mats.append(torch.cdist(x, x).numpy())
+    top = vmax if vmax is not None else float(np.percentile(np.concatenate([m.ravel() for m in mats]), 99))
+
+    k = len(mats)
+    fig, axes = plt.subplots(1, k, figsize=(panel_size * k + 0.8, panel_size), squeeze=False,
+                             layout="constrained")
+    for ax, (title, m) in zip(axes[0], zip(panels, mats)):
+        im = ax.imshow(m, cmap=cmap, vmin=0.0, vmax=top, interpolation="nearest")
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if y is not None:
+            edges = np.flatnonzero(np.diff(y.numpy())) + 0.5
+            for e in edges:
+                ax.axhline(e, color="white", lw=0.6)
+                ax.axvline(e, color="white", lw=0.6)
+    label = r"$\psi_D$ (distance / mean distance)" if normalized else "distance"
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label=label)
+    return fig
+
+
+def _angles(x: torch.Tensor) -> np.ndarray:
+    """The angle potentials of all triplets with three distinct points, flattened."""
+    psi = angle_potential(x)
+    n = len(x)
+    i = torch.arange(n)
+    distinct = (i[:, None, None] != i[None, :, None]) & (i[:, None, None] != i[None, None, :]) & (
+        i[None, :, None] != i[None, None, :])
+    return psi[distinct].numpy()
+
+
+def angle_histograms(
+    embeddings: Panels,
+    titles: Optional[Sequence[str]] = None,
+    max_points: int = 48,
+    bins: int = 60,
+    ax: Optional[plt.Axes] = None,
+) -> Figure:
+    """Distributions of the angle potentials ``psi_A`` (cosines, RKD paper Eq. 6), overlaid.
+
+    Only triplets of three distinct points are counted (the degenerate ones
+    are 0 by convention and would pile up in the middle). ``psi_A`` has
+    ``N^3`` entries, so at most ``max_points`` examples are used (evenly
+    spaced, the same ones in every embedding).
+
+    Args:
+        embeddings: ``{title: N x D}``, a list of arrays (with ``titles``) or one array.
+        ax: draw into this axes instead of a new figure.
+
+    Returns:
+        The figure.
+    """
+    panels = _panels(embeddings, titles)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
+    else:
+        fig = ax.figure
+    for i, (title, x) in enumerate(panels.items()):
+        x = _tensor(x)
+        x = x.reshape(len(x), -1)[_subsample(len(x), max_points)]
+        values = _angles(x)
+        ax.hist(values, bins=bins, range=(-1, 1), density=True, histtype="step", lw=1.8,
+                color=_colour(title, i), label=title or None)
+    ax.set_xlim(-1, 1)
+    ax.set_xlabel(r"$\psi_A$ = cosine of the angle at the anchor")
+    ax.set_ylabel("density")
+    if any(panels):
+        ax.legend(frameon=False)
+    sns.despine(ax=ax)
+    return fig
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+def _to_2d(x: torch.Tensor) -> torch.Tensor:
+    """Project onto the first two principal components (identity for 2-D data)."""
+    if x.shape[1] == 2:
+        return x
+    if x.shape[1] == 1:
+        return torch.cat([x, torch.zeros_like(x)], 1)
+    centred = x - x.mean(0, keepdim=True)
+    _, _, v = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ v[:2].t()
+
+
+def embedding_scatter(
+    embeddings: Panels,
+    labels: Optional[ArrayLike] = None,
+    class_names: Optional[Sequence[str]] = None,
+    titles: Optional[Sequence[str]] = None,
+    panel_size: float = 3.6,
+    point_size: float = 12.0,
+) -> Figure:
+    """Scatter plots of embeddings in 2-D, one panel each, coloured by label.
+
+    Embeddings wider than 2 are projected onto their first two principal
+    components (PCA, computed per panel), so the picture is a linear view of
+    the geometry, never a re-arrangement of it (as t-SNE would be).
+
+    Args:
+        embeddings: ``{title: N x D}``, a list of arrays (with ``titles``) or one array.
+        labels: optional ``N`` integer labels (the same for every panel).
+        class_names: names for the labels in the legend, e.g.
+            :data:`rkd_tutorial.data.FASHION_CLASSES`.
+
+    Returns:
+        The figure, with equal aspect ratio in every panel.
+    """
+    panels = _panels(embeddings, titles)
+    k = len(panels)
+    fig, axes = plt.subplots(1, k, figsize=(panel_size * k + (1.6 if labels is not None else 0), panel_size),
+                             squeeze=False, layout="constrained")
+    y = None if labels is None else _numpy(labels).astype(int)
+    classes = [] if y is None else sorted(set(y.tolist()))
+    colours = sns.color_palette("tab10" if len(classes) <= 10 else "husl", max(1, len(classes)))
+    for i, (ax, (title, x)) in enumerate(zip(axes[0], panels.items())):
+        x = _tensor(x)
+        xy = _to_2d(x.reshape(len(x), -1)).numpy()
+        if y is None:
+            ax.scatter(xy[:, 0], xy[:, 1], s=point_size, color=_colour(title, i), alpha=0.8, lw=0)
+        else:
+            for c, colour in zip(classes, colours):
+                sel = y == c
+                name = class_names[c] if class_names is not None else str(c)
+                ax.scatter(xy[sel, 0], xy[sel, 1], s=point_size, color=colour, alpha=0.8, lw=0, label=name)
+        dim = x.reshape(len(x), -1).shape[1]
+        ax.set_title(f"{title} ({dim}-D{', PCA' if dim > 2 else ''})" if title else "")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if y is not None:
+        handles, names = axes[0, -1].get_legend_handles_labels()
+        fig.legend(handles, names, loc="outside right center", frameon=False, markerscale=1.5)
+    return fig
+
+
+# ----------------------------------------------------------------------------- training and results
+
+def training_curves(
+    histories: Union[History, Mapping[str, History]],
+    keys: Sequence[str] = ("loss",),
+    log_y: bool = False,
+    panel_size: float = 3.6,
+) -> Figure:
+    """Per-epoch curves of one or several :class:`~rkd_tutorial.train.History` objects.
+
+    Args:
+        histories: one history, or ``{name: history}`` to compare runs (e.g.
+            ``{"baseline": h0, "hkd": h1}``): one line per run.
+        keys: the columns to plot, one panel each: ``"loss"`` (the weighted
+            total), a term's name (``"ce"``, ``"hkd"``, ``"rkd-da"``) or a
+            metric returned by ``evaluate`` (``"recall@1"``, ``"accuracy"``).
+            Runs without a column are skipped in that panel.
+        log_y: logarithmic y axis (useful for losses spanning decades).
+
+    Returns:
+        The figure.
+    """
+    runs = {"": histories} if isinstance(histories, History) else dict(histories)
+    if not runs:
+        raise ValueError("training_curves: give at least one History")
+    keys = list(keys)
+    fig, axes = plt.subplots(1, len(keys), figsize=(panel_size * len(keys) + 0.4, panel_size * 0.8),
+                             squeeze=False, layout="constrained")
+    for ax, key in zip(axes[0], keys):
+        drawn = 0
+        for i, (name, h) in enumerate(runs.items()):
+            values = h.series(key)
+            if not values:
+                continue
+            epochs = [r["epoch"] for r in h.records if key in r]
+            ax.plot(epochs, values, marker="o", ms=3, color=_colour(name, i), label=name or None)
+            drawn += 1
+        if drawn == 0:
+            ax.text(0.5, 0.5, f"no '{key}' column", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(key)
+        ax.set_xlabel("epoch")
+        if log_y:
+            ax.set_yscale("log")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        sns.despine(ax=ax)
+        if any(runs) and drawn:
+            ax.legend(frameon=False, fontsize="small")
+    return fig
+
+
+def results_bar(
+    results: Mapping,
+    metric: Optional[str] = None,
+    title: Optional[str] = None,
+    ax: Optional[plt.Axes] = None,
+) -> Figure:
+    """A results dict (``{"rows": [...]}``, as :mod:`rkd_tutorial.experiments` writes) as bars.
+
+    One bar per method (mean over seeds, with the standard deviation as an
+    error bar when there are several), grouped by ``embedding_dim`` when rows
+    have several. The ``teacher`` row is drawn as a dashed horizontal line,
+    so "does the student beat its teacher?" can be read off directly. The y
+    axis is zoomed to the range of the values (differences between methods
+    are often a few points): read the printed numbers, not the bar heights.
+
+    Args:
+        results: a dict with ``"rows"``, each row a dict with ``"method"`` and
+            the metric (plus optionally ``"seed"``, ``"embedding_dim"``).
+        metric: the column to plot; default ``"recall@1"`` if the rows have it,
+            else ``"accuracy"``.
+
+    Returns:
+        The figure.
+    """
+    rows = list(results["rows"]) if isinstance(results, Mapping) else list(results)
+    if not rows:
+        raise ValueError("results_bar: the results have no rows")
+    if metric is None:
+        metric = "recall@1" if "recall@1" in rows[0] else "accuracy"
+    if any(metric not in r for r in rows):
+        raise ValueError(f"results_bar: every row needs a {metric!r} value")
+    teacher = [r[metric] for r in rows if r["method"] == "teacher"]
+    students = [r for r in rows if r["method"] != "teacher"]
+    methods = list(dict.fromkeys(r["method"] for r in students))
+    dims = list(dict.fromkeys(r.get("embedding_dim") for r in students))
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(methods) * max(1, len(dims)) + 1.5), 3.6),
+                               layout="constrained")
+    else:
+        fig = ax.figure
+    width = 0.8 / max(1, len(dims))
+    colours = sns.color_palette("colorblind")[1:] + sns.color_palette("colorblind")[:1]  # teacher blue last
+    for j, dim in enumerate(dims):
+        means, errs = [], []
+        for m in methods:
+            v = np.array([r[metric] for r in students if r["method"] == m and r.get("embedding_dim") == dim])
+            means.append(v.mean() if len(v) else np.nan)
+            errs.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+        pos = np.arange(len(methods)) + (j - (len(dims) - 1) / 2) * width
+        label = f"student, d = {dim}" if dim is not None and len(dims) > 1 else None
+        bars = ax.bar(pos, means, width * 0.95, yerr=errs if any(errs) else None, capsize=3,
+                      color=colours[j] if len(dims) > 1 else PALETTE["student"], label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
+    if teacher:
+        ax.axhline(float(np.mean(teacher)), color=PALETTE["teacher"], ls="--", lw=1.5,
+                   label=f"teacher ({np.mean(teacher):.3f})")
+    ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
+    ax.set_ylabel(metric)
+    values = [r[metric] for r in rows]
+    low = min(values)
+    ax.set_ylim(max(0.0, low - 0.15 * (max(values) - low + 1e-9) - 0.05), min(1.0, max(values) + 0.06))
+    if title:
+        ax.set_title(title)
+    if teacher or len(dims) > 1:
+        ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    sns.despine(ax=ax)
+    return fig
