@@ -8,18 +8,18 @@ In a notebook, assign the result (``fig = viz.distance_heatmaps(...)``): the
 inline backend shows the figure once at the end of the cell. (A figure left as
 the cell's last expression is shown twice.)
 
-========================  ==============================================  =========
-function                  shows                                           chapters
-========================  ==============================================  =========
-:func:`distance_heatmaps` normalised distance matrices ``psi_D``, side     2, 4, 6
-                          by side on one colour scale
-:func:`angle_histograms`  distributions of the angle potentials ``psi_A``  2, 4, 6
-:func:`embedding_scatter` 2-D embeddings (PCA above 2-D), coloured by      2, 4, 6
-                          label
-:func:`training_curves`   per-epoch columns of :class:`~rkd_tutorial.      4, 5, 6
-                          train.History` objects
-:func:`results_bar`       a results dict (``{"rows": [...]}``) as bars     4, 5, 7
-========================  ==============================================  =========
+* :func:`distance_heatmaps`: normalised distance matrices ``psi_D``, side by
+  side on one colour scale (chapters 2, 4, 6).
+* :func:`angle_histograms`: distributions of the angle potentials ``psi_A``
+  (chapters 2, 4, 6).
+* :func:`potential_agreement`: the teacher's against the student's
+  potentials, entry by entry (chapters 2, 4, 6).
+* :func:`embedding_scatter`: 2-D views of embeddings (PCA above 2-D),
+  coloured by label (chapters 2, 4, 6).
+* :func:`training_curves`: per-epoch columns of
+  :class:`~rkd_tutorial.train.History` objects (chapters 1, 4, 5, 6).
+* :func:`results_bar`: a results dict (``{"rows": [...]}``) as bars
+  (chapters 4, 5, 7).
 
 The potentials are those of :mod:`rkd_tutorial.losses.relational`: what a
 heatmap or a histogram shows is exactly what RKD-D and RKD-A compare.
@@ -27,12 +27,13 @@ heatmap or a histogram shows is exactly what RKD-D and RKD-A compare.
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 import torch
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from .losses.relational import angle_potential, distance_potential
@@ -42,6 +43,7 @@ __all__ = [
     "PALETTE",
     "distance_heatmaps",
     "angle_histograms",
+    "potential_agreement",
     "embedding_scatter",
     "training_curves",
     "results_bar",
@@ -84,12 +86,19 @@ def _panels(data: Panels, titles: Optional[Sequence[str]] = None) -> Dict[str, A
     return panels
 
 
-def _colour(name: str, i: int) -> str:
-    key = name.lower()
-    for role in ("teacher", "student"):
-        if key.startswith(role):
-            return PALETTE[role]
-    return sns.color_palette("colorblind")[(i + 2) % 10]
+def _colours(names: Sequence[str]) -> List[str]:
+    """Teacher blue, student orange; when several names share a role, the others get distinct colours."""
+    roles = ["teacher" if n.lower().startswith("teacher") else "student" if n.lower().startswith("student")
+             else "other" for n in names]
+    extra = [c for i, c in enumerate(sns.color_palette("colorblind").as_hex()) if i not in (0, 1)]
+    out, used = [], set()
+    for role in roles:
+        if role != "other" and role not in used:
+            out.append(PALETTE[role])
+            used.add(role)
+        else:
+            out.append(extra[(len(out) - len(used)) % len(extra)])
+    return out
 
 
 def _subsample(n: int, max_points: Optional[int]) -> torch.Tensor:
@@ -204,18 +213,83 @@ def angle_histograms(
         fig, ax = plt.subplots(figsize=(6, 3.4), layout="constrained")
     else:
         fig = ax.figure
-    for i, (title, x) in enumerate(panels.items()):
+    for (title, x), colour in zip(panels.items(), _colours(list(panels))):
         x = _tensor(x)
         x = x.reshape(len(x), -1)[_subsample(len(x), max_points)]
         values = _angles(x)
         ax.hist(values, bins=bins, range=(-1, 1), density=True, histtype="step", lw=1.8,
-                color=_colour(title, i), label=title or None)
+                color=colour, label=title or None)
     ax.set_xlim(-1, 1)
     ax.set_xlabel(r"$\psi_A$ = cosine of the angle at the anchor")
     ax.set_ylabel("density")
     if any(panels):
         ax.legend(frameon=False)
     sns.despine(ax=ax)
+    return fig
+
+
+def potential_agreement(
+    teacher: ArrayLike,
+    students: Panels,
+    potential: str = "angle",
+    titles: Optional[Sequence[str]] = None,
+    max_points: int = 48,
+    panel_size: float = 3.3,
+) -> Figure:
+    """Teacher's against student's potentials, entry by entry: what RKD-D / RKD-A compare.
+
+    Each panel is a 2-D histogram of the pairs ``(psi(teacher), psi(student))``
+    over all pairs (``potential="distance"``, ``psi_D``) or all triplets of
+    distinct points (``"angle"``, ``psi_A``), with a logarithmic colour scale
+    (counts); a student that matches its teacher puts everything on the diagonal. The title gives Pearson's
+    correlation. Histograms of each side alone (:func:`angle_histograms`)
+    cannot show this: two clouds can have the same distribution of angles and
+    disagree on every triplet.
+
+    Args:
+        teacher: ``N x Dt`` teacher outputs.
+        students: ``{title: N x Ds}`` (e.g. before and after training), a list
+            of arrays (with ``titles``) or one array.
+        potential: ``"angle"`` or ``"distance"``.
+        max_points: at most this many examples (evenly spaced) enter the potentials.
+
+    Returns:
+        The figure.
+    """
+    if potential not in ("angle", "distance"):
+        raise ValueError(f"potential_agreement: potential must be 'angle' or 'distance', got {potential!r}")
+    panels = _panels(students, titles)
+    t = _tensor(teacher)
+    t = t.reshape(len(t), -1)
+    index = _subsample(len(t), max_points)
+
+    def values(x: torch.Tensor) -> np.ndarray:
+        x = x.reshape(len(x), -1)[index]
+        if potential == "angle":
+            return _angles(x)
+        d = distance_potential(x)
+        return d[~torch.eye(len(x), dtype=torch.bool)].numpy()
+
+    tv = values(t)
+    if potential == "angle":
+        lo, hi, symbol = -1.0, 1.0, r"\psi_A"
+    else:
+        lo, hi, symbol = 0.0, None, r"\psi_D"
+    k = len(panels)
+    fig, axes = plt.subplots(1, k, figsize=(panel_size * k, panel_size), squeeze=False, layout="constrained")
+    for ax, (title, x) in zip(axes[0], panels.items()):
+        sx = _tensor(x)
+        if len(sx) != len(t):
+            raise ValueError(f"potential_agreement: student {title!r} has {len(sx)} examples, the teacher {len(t)}")
+        sv = values(sx)
+        top = hi if hi is not None else float(np.percentile(np.concatenate([tv, sv]), 99.5))
+        ax.hist2d(tv, sv, bins=60, range=[[lo, top], [lo, top]], cmap="viridis", cmin=1, norm=LogNorm())
+        ax.plot([lo, top], [lo, top], color=PALETTE["student"], lw=1, ls="--")
+        r = f"{float(np.corrcoef(tv, sv)[0, 1]):.2f}".replace("-0.00", "0.00")
+        ax.set_title(f"{title}  (r = {r})" if title else f"r = {r}", fontsize="medium")
+        ax.set_xlabel(f"teacher ${symbol}$")
+        ax.set_ylabel(f"student ${symbol}$")
+        ax.set_aspect("equal")
     return fig
 
 
@@ -244,7 +318,9 @@ def embedding_scatter(
 
     Embeddings wider than 2 are projected onto their first two principal
     components (PCA, computed per panel), so the picture is a linear view of
-    the geometry, never a re-arrangement of it (as t-SNE would be).
+    the geometry, never a re-arrangement of it (as t-SNE would be). Titles
+    get the dimension appended, e.g. "teacher (128-D, PCA)", unless they
+    already mention one ("-D").
 
     Args:
         embeddings: ``{title: N x D}``, a list of arrays (with ``titles``) or one array.
@@ -262,18 +338,20 @@ def embedding_scatter(
     y = None if labels is None else _numpy(labels).astype(int)
     classes = [] if y is None else sorted(set(y.tolist()))
     colours = sns.color_palette("tab10" if len(classes) <= 10 else "husl", max(1, len(classes)))
-    for i, (ax, (title, x)) in enumerate(zip(axes[0], panels.items())):
+    for ax, (title, x), colour in zip(axes[0], panels.items(), _colours(list(panels))):
         x = _tensor(x)
         xy = _to_2d(x.reshape(len(x), -1)).numpy()
         if y is None:
-            ax.scatter(xy[:, 0], xy[:, 1], s=point_size, color=_colour(title, i), alpha=0.8, lw=0)
+            ax.scatter(xy[:, 0], xy[:, 1], s=point_size, color=colour, alpha=0.8, lw=0)
         else:
             for c, colour in zip(classes, colours):
                 sel = y == c
                 name = class_names[c] if class_names is not None else str(c)
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=point_size, color=colour, alpha=0.8, lw=0, label=name)
         dim = x.reshape(len(x), -1).shape[1]
-        ax.set_title(f"{title} ({dim}-D{', PCA' if dim > 2 else ''})" if title else "")
+        if title and "-D" not in title:          # say what is shown, unless the title already does
+            title = f"{title} ({dim}-D{', PCA' if dim > 2 else ''})"
+        ax.set_title(title)
         ax.set_aspect("equal", adjustable="datalim")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -313,12 +391,12 @@ def training_curves(
                              squeeze=False, layout="constrained")
     for ax, key in zip(axes[0], keys):
         drawn = 0
-        for i, (name, h) in enumerate(runs.items()):
+        for (name, h), colour in zip(runs.items(), _colours(list(runs))):
             values = h.series(key)
             if not values:
                 continue
             epochs = [r["epoch"] for r in h.records if key in r]
-            ax.plot(epochs, values, marker="o", ms=3, color=_colour(name, i), label=name or None)
+            ax.plot(epochs, values, marker="o", ms=3, color=colour, label=name or None)
             drawn += 1
         if drawn == 0:
             ax.text(0.5, 0.5, f"no '{key}' column", ha="center", va="center", transform=ax.transAxes)
@@ -400,3 +478,72 @@ def results_bar(
         ax.legend(frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
     sns.despine(ax=ax)
     return fig
+
+
+# ----------------------------------------------------------------------------- benchmarks (chapter 3)
+
+#: Colours of the three implementations in :func:`loss_benchmarks`.
+IMPL_COLOURS: Dict[str, str] = {"direct": "#cc78bc", "package": "#029e73", "chunked": "#ca9161"}
+
+
+def loss_benchmarks(
+    benches: Mapping[str, Union[Mapping, Sequence[Mapping]]],
+    title: Optional[str] = None,
+) -> Figure:
+    """Time and peak memory of the RKD loss against the batch size ``N``, per implementation.
+
+    Args:
+        benches: ``{label: results}``, ``results`` either what ``python -m
+            rkd_tutorial.bench losses`` writes (a dict with ``"rows"``) or its
+            list of rows; each row has ``impl``, ``n``, ``ms`` and ``peak_mib``
+            (``None`` where the cell was skipped). One line style per label
+            (e.g. per device), one colour per implementation
+            (:data:`IMPL_COLOURS`).
+        title: the figure's title.
+
+    Returns:
+        The figure: time (ms) on the left, peak memory above the inputs (MiB)
+        on the right, both log-log. Skipped cells are left out of the lines.
+    """
+    if not benches:
+        raise ValueError("loss_benchmarks: nothing to plot")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    styles = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "D")]
+    for i, (label, results) in enumerate(benches.items()):
+        rows = list(results["rows"]) if isinstance(results, Mapping) else list(results)
+        ls, marker = styles[i % len(styles)]
+        for impl in dict.fromkeys(r["impl"] for r in rows):
+            for ax, key in zip(axes, ("ms", "peak_mib")):
+                pts = sorted((r["n"], r[key]) for r in rows if r["impl"] == impl and r.get(key) is not None)
+                if not pts:
+                    continue
+                n, v = zip(*pts)
+                ax.plot(n, v, ls=ls, marker=marker, color=IMPL_COLOURS.get(impl, PALETTE["other"]),
+                        label=f"{impl} ({label})" if len(benches) > 1 else impl)
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    ns = sorted({r["n"] for results in benches.values()
+                 for r in (results["rows"] if isinstance(results, Mapping) else results)})
+    for ax, ylabel in zip(axes, ("forward + backward, ms", "peak memory above inputs, MiB")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ticks = [n for n in ns if n & (n - 1) == 0] or ns          # powers of two: labels never collide
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_major_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if v < 1e5 else f"$10^{{{round(np.log10(v))}}}$"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("batch size N")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.3)
+        sns.despine(ax=ax)
+    handles, labels = axes[1].get_legend_handles_labels()
+    if not handles:
+        handles, labels = axes[0].get_legend_handles_labels()
+    axes[1].legend(handles, labels, frameon=False, fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+__all__ += ["IMPL_COLOURS", "loss_benchmarks"]

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Set everything up, then run the main job: the quick metric-learning
-# experiment (a teacher and seven students on Fashion-MNIST), printing its table.
+# Set everything up, then build the book (the chapters' stored outputs, from the
+# quick profile on a CPU) into _build/html and say where to open it.
+# The experiments themselves: .venv/bin/python -m rkd_tutorial metric --profile quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m rkd_tutorial metric --profile quick --out results/
+.venv/bin/jupyter-book build . -W --keep-going
+echo
+echo "The book is built: open $(pwd)/_build/html/index.html in a browser"
+echo "(or serve it: .venv/bin/python -m http.server -d _build/html 8000, then http://localhost:8000)."

@@ -1,8 +1,9 @@
 """Tests for ``python -m rkd_tutorial.bench pipeline``: a tiny run in-process, and its building blocks.
 
 The end-to-end run uses small networks (``cnn-8-16-32`` teacher and student)
-so that it stays well under a minute on a busy two-core CPU; the layout of
-the output and the code paths are those of the real benchmark.
+and batches of 64 (4 classes x 16) so that it stays well under a minute on a
+busy two-core CPU; the layout of the output and the code paths are those of
+the real benchmark.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rkd_tutorial.data import normalize_images
 from rkd_tutorial.losses import RKDLoss
 from rkd_tutorial.models import EmbeddingNet, SmallCNN
 
-TINY = ["--teacher", "cnn-8-16-32", "--student", "cnn-8-16-32"]
+TINY = ["--teacher", "cnn-8-16-32", "--student", "cnn-8-16-32", "--batch-size", "64", "--m-per-class", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +39,10 @@ def test_cpu_run_writes_the_documented_layout(cpu_result):
 
     prov = data["provenance"]
     assert set(prov) >= {"device", "torch", "triton", "commit", "date", "wall_s", "images", "batch_size",
-                         "steps_per_epoch", "project_variant", "project_info", "errors"}
+                         "complete", "steps_per_epoch", "project_variant", "project_info", "errors"}
     assert prov["torch"] == torch.__version__ and prov["wall_s"] > 0 and prov["commit"]
-    assert prov["images"] == 512 and prov["batch_size"] == 128 and prov["steps_per_epoch"] == 3
-    assert prov["project_variant"] == "eager" and prov["errors"] == []
+    assert prov["images"] == 512 and prov["batch_size"] == 64 and prov["steps_per_epoch"] == 3
+    assert prov["project_variant"] == "eager" and prov["errors"] == [] and prov["complete"] is True
     assert prov["project_info"]["loss"].startswith("RKDLoss")
     check = prov["project_info"]["loss_check_first_batch"]  # the package's loss equals the official formulation
     assert check["package_loss"] == pytest.approx(check["direct_loss"], rel=1e-4)

@@ -64,8 +64,9 @@ def git_commit() -> str:
             capture_output=True, text=True, timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+        return os.environ.get("RKD_COMMIT", "unknown")
+    sha = out.stdout.strip()
+    return sha if out.returncode == 0 and sha else os.environ.get("RKD_COMMIT", "unknown")
 
 
 def provenance(device: torch.device, wall_s: float) -> dict:

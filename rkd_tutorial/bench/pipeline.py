@@ -20,7 +20,10 @@ in the same process, on whatever device is present:
   output), the direct RKD formulation
   (:mod:`rkd_tutorial.losses.direct`, ``N x N x D`` and ``N^3`` tensors);
 * the teacher runs forward under ``no_grad`` (in eval mode, as in the
-  official ``run_distill.py``); ``loss.item()`` every step, to log it.
+  official ``run_distill.py``); ``loss.item()`` every step, to log it (the
+  official code reads six such values per step; one is enough to
+  synchronise). Batches are copied with ``non_blocking=True``, a small
+  favour to this variant.
 
 ``project`` -- the same computation, arranged for a GPU:
 
@@ -37,10 +40,11 @@ in the same process, on whatever device is present:
   and replayed every step (:func:`capture_train_step`).
 
 Why the graph is "the big one". At this size a step does little arithmetic
-(the teacher's forward pass is ~55 GFLOP, under a millisecond of an H100's
-bfloat16 throughput; the student and the loss are far smaller) but issues a
-few hundred small kernels: every convolution, batch norm, ReLU, addition of
-the forward pass and its backward, each term of the loss, Adam's update. For
+for a GPU (the teacher's forward pass on a batch of 128 is ~117 GFLOP, a few
+tenths of a millisecond at an H100's bfloat16 rate; the student's forward and
+backward ~6 GFLOP; the loss less) but issues a few hundred small kernels:
+every convolution, batch norm, ReLU, addition of the forward pass and its
+backward, each term of the loss, Adam's update. For
 each one Python and PyTorch's dispatcher spend roughly 5-20 microseconds on
 the CPU to launch a kernel that runs for a comparable few microseconds on the
 GPU. So the GPU waits for the CPU: the step is *launch-bound*. A
@@ -103,6 +107,7 @@ import argparse
 import contextlib
 import copy
 import gc
+import importlib
 import math
 import multiprocessing
 import os
@@ -525,7 +530,9 @@ def build_project(
     loader.set_epoch(0)
     batches = iter(loader)
     x, y = next(batches)
-    with torch.no_grad(), (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()):
+    example_autocast = torch.autocast(device.type, dtype=autocast_dtype or torch.float32,
+                                      enabled=autocast_dtype is not None)
+    with torch.no_grad(), example_autocast:
         s_ex, t_ex = student(x).embedding, teacher(x).embedding
     loss_fn, loss_name, loss_info = project_loss(device, s_ex, t_ex)
     info["loss"] = loss_name
@@ -543,21 +550,29 @@ def build_project(
             warm = [(x, y)] + [b for _, b in zip(range(max(0, GRAPH_WARMUP_ITERS - 1)), batches)]
             step, loss_sum = fresh_step(capturable=True)
             captured = capture_train_step(step, warm)
-            # Check the replay on a real batch: finite loss, parameters updated.
+            # Check one replay on a new batch against the same forward pass run eagerly
+            # (the graph's loss is taken before its optimizer step): same loss, finite,
+            # and the student's parameters updated.
+            xr, yr = next(batches, warm[-1])
+            with torch.no_grad(), torch.autocast("cuda", dtype=autocast_dtype, cache_enabled=False,
+                                                 enabled=autocast_dtype is not None):
+                xc = xr.contiguous(memory_format=torch.channels_last)
+                ref = float(loss_fn(student(xc).embedding.float(), teacher(xc).embedding.float()))
             p = next(student.parameters())
             before = p.detach().clone()
-            xr, yr = next(batches, warm[-1])
-            loss = captured(xr, yr)
-            torch.cuda.synchronize(device)
-            if not math.isfinite(float(loss)):
-                raise RuntimeError(f"the replayed step gave a non-finite loss {float(loss)}")
+            loss = float(captured(xr, yr))
+            info["graph_check"] = {"replay_loss": loss, "eager_loss": ref}
+            if not math.isfinite(loss):
+                raise RuntimeError(f"the replayed step gave a non-finite loss {loss}")
+            if abs(loss - ref) > 5e-2 * max(abs(ref), 1e-3):
+                raise RuntimeError(f"the replayed step's loss {loss} differs from the eager one {ref}")
             if torch.equal(before, p.detach()):
                 raise RuntimeError("the replayed step did not update the student's parameters")
             runner = ProjectRunner("cuda-graph", captured, loss_sum, student, info=info)
         except Exception as exc:  # noqa: BLE001 - fall back to eager on any capture failure
             info["graph_error"] = _exc_text(exc)
             info["graph_traceback"] = traceback.format_exc()[-3000:]
-            print(f"  CUDA graph capture failed, falling back to eager: {info['graph_error'][:300]}")
+            print(f"  CUDA graph capture failed, falling back to eager: {info['graph_error'][:300]}", flush=True)
             for q in student.parameters():
                 q.grad = None
             gc.collect()
@@ -595,10 +610,10 @@ def project_epoch(runner: ProjectRunner, loader, epoch: int, steps: int) -> int:
     loader.set_epoch(epoch)
     n = 0
     for x, y in loader:
-        if n >= steps:
-            break
         runner(x, y)
         n += 1
+        if n >= steps:
+            break
     return n
 
 
@@ -703,7 +718,7 @@ def time_conventional(data, device, workers, steps, warmup_steps, epochs, teache
         conventional_losses_finite=all(math.isfinite(m) for m in means),
     )
     t1 = time.perf_counter()
-    del loader, batches
+    loader = batches = None  # shuts the persistent workers down
     gc.collect()
     row["conventional_shutdown_s"] = _r(time.perf_counter() - t1)
     return row
@@ -762,7 +777,7 @@ def profile_variants(k, data, device, runner, project_loader, workers, teacher_c
         conventional_epoch(loader, batches, 0, min(k, 2), teacher, student, opt, device)
         out["conventional"] = _profile_table(
             lambda: conventional_epoch(loader, batches, 1001, k, teacher, student, opt, device), device)
-        del loader, batches
+        loader = batches = None  # shuts the persistent workers down
     except Exception as exc:  # noqa: BLE001
         out["conventional_error"] = _exc_text(exc)
     for name in ("project", "conventional"):
@@ -806,23 +821,62 @@ def _math_modes() -> dict:
     return modes
 
 
+def _fmt(x, spec: str) -> str:
+    return format(x, spec) if isinstance(x, (int, float)) else "-"
+
+
 def print_table(payload: dict) -> None:
     prov = payload["provenance"]
     print(f"\nOne epoch of RKD distillation ({prov['teacher']} -> {prov['student']}), {prov['images']} images, "
           f"batch {prov['batch_size']}, {prov['steps_per_epoch']} steps, on {prov['device']}")
-    head = f"{'workers':>7}  {'conventional s':>14}  {'img/s':>8}  {'project s':>9}  {'img/s':>8}  {'speedup':>7}  variant"
-    print(head)
+    print(f"{'workers':>7}  {'conventional s':>14}  {'img/s':>8}  {'project s':>9}  {'img/s':>8}  {'speedup':>7}"
+          "  variant")
     for r in payload["runs"]:
-        def f(x, spec):
-            return format(x, spec) if isinstance(x, (int, float)) else "-"
-        line = (f"{r['workers']:>7}  {f(r.get('conventional_s'), '14.3f')}  {f(r.get('conventional_images_per_s'), '8.0f')}"
-                f"  {f(r.get('project_s'), '9.3f')}  {f(r.get('project_images_per_s'), '8.0f')}"
-                f"  {f(r.get('speedup'), '6.1f')}x  {r.get('project_variant')}")
+        line = (f"{r['workers']:>7}  {_fmt(r.get('conventional_s'), '14.3f')}"
+                f"  {_fmt(r.get('conventional_images_per_s'), '8.0f')}"
+                f"  {_fmt(r.get('project_s'), '9.3f')}  {_fmt(r.get('project_images_per_s'), '8.0f')}"
+                f"  {_fmt(r.get('speedup'), '6.1f')}x  {r.get('project_variant')}")
         if r.get("project_eager_s") is not None:
-            line += f"  (eager, no graph: {r['project_eager_s']:.3f} s, graph gains {r.get('graph_speedup', 0):.1f}x)"
+            line += (f"  (eager, no graph: {r['project_eager_s']:.3f} s;"
+                     f" the graph gains {_fmt(r.get('graph_speedup'), '.1f')}x)")
         print(line)
     print(f"(worker start-up and warm-up excluded; project setup incl. compilation/capture: "
           f"{prov.get('project_setup_s')} s; wall {prov['wall_s']} s)")
+
+
+def _provenance(args, device, data, steps, per_epoch, runner, eager, errors, t_start, complete) -> dict:
+    try:
+        importlib.import_module("triton")
+        triton_ok = True
+    except Exception:  # noqa: BLE001
+        triton_ok = False
+    prov = common.provenance(device, time.perf_counter() - t_start)
+    prov.update(
+        complete=complete, images=len(data), batch_size=args.batch_size, m_per_class=args.m_per_class,
+        sampler=args.sampler, steps_per_epoch=steps, full_epoch_steps=per_epoch, timed_epochs=args.epochs,
+        warmup_steps=args.warmup_steps, limit=args.limit, teacher=f"{args.teacher} (512-d, L2-normalised, eval)",
+        student=f"{args.student} (64-d)", lr=LR, rkd_weights=[DISTANCE_WEIGHT, ANGLE_WEIGHT],
+        mp_start_method=multiprocessing.get_start_method(allow_none=True)
+        or multiprocessing.get_context().get_start_method(),
+        cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), triton_importable=triton_ok,
+        math_modes=_math_modes(), project_variant=runner.variant if runner else None,
+        project_setup_s=_r(runner.setup_s, 2) if runner else None,
+        project_eager_setup_s=_r(eager.setup_s, 2) if eager else None,
+        project_info={k: v for k, v in (runner.info.items() if runner else []) if k != "graph_traceback"},
+        graph_traceback=runner.info.get("graph_traceback") if runner else None,
+        conventional=("torchvision FashionMNIST + Subset(classes 0-4), per-image RandomCrop(28, padding=2) + "
+                      "RandomHorizontalFlip + ToTensor + Normalize, DataLoader(batch_sampler=" + args.sampler +
+                      ", persistent_workers, pin_memory on CUDA), eager fp32 (default math modes), direct RKD-D + "
+                      "2 RKD-A, teacher eval + no_grad, Adam, loss.item() every step; worker start-up "
+                      "(conventional_startup_s) and warm-up not in the epoch time"),
+        project=("DeviceLoader (dataset on the device) + random_crop_flip, package RKD loss in fp32 (fused Triton "
+                 "kernels on CUDA), bf16 autocast + channels_last on CUDA, teacher eval + no_grad, losses summed "
+                 "on the device (one sync per epoch), whole step in one CUDA graph with Adam(capturable=True) "
+                 "when project_variant == 'cuda-graph' (project_eager_*: the same without the graph, Adam "
+                 "default); setup (compilation, capture, warm-up) not in the epoch time; torch.compile not tried"),
+        errors=errors,
+    )
+    return prov
 
 
 def run(args) -> int:
@@ -834,9 +888,11 @@ def run(args) -> int:
     per_epoch = data.steps_per_epoch()
     steps = min(per_epoch, args.steps) if args.steps else per_epoch
     print(f"pipeline bench on {common.device_name(device)}: {len(data)} images of classes 0-4, batch "
-          f"{args.batch_size} ({args.sampler}), {steps} of {per_epoch} steps per timed epoch, workers {args.workers}")
+          f"{args.batch_size} ({args.sampler}), {steps} of {per_epoch} steps per timed epoch, "
+          f"workers {args.workers}", flush=True)
     teacher_cpu, student_cpu = build_models(args.teacher, args.student, args.seed)
     errors: List[str] = []
+    out_path = Path(args.out) / "bench-pipeline.json"
 
     # The project variant first: its graph is captured before any DataLoader worker or
     # pin-memory thread exists (nothing else may touch the GPU during a capture).
@@ -844,7 +900,8 @@ def run(args) -> int:
     try:
         runner, project_loader = build_project(data, device, teacher_cpu, student_cpu, args.warmup_steps,
                                                try_graph=cuda and not args.no_graph)
-        print(f"  project: {runner.variant}, loss {runner.info.get('loss')}, setup {runner.setup_s:.1f} s")
+        print(f"  project: {runner.variant}, loss {runner.info.get('loss')}, setup {runner.setup_s:.1f} s",
+              flush=True)
     except Exception as exc:  # noqa: BLE001 - keep the conventional numbers
         errors.append("project: " + _exc_text(exc))
         traceback.print_exc()
@@ -855,7 +912,11 @@ def run(args) -> int:
         except Exception as exc:  # noqa: BLE001
             errors.append("project eager baseline: " + _exc_text(exc))
 
-    runs = []
+    def payload(runs, complete):
+        prov = _provenance(args, device, data, steps, per_epoch, runner, eager, errors, t_start, complete)
+        return {"provenance": prov, "runs": runs}
+
+    runs: List[dict] = []
     for w in args.workers:
         row: dict = {"workers": w}
         try:
@@ -874,8 +935,10 @@ def run(args) -> int:
                 errors.append(f"project workers={w}: " + row["project_error"])
                 traceback.print_exc()
         if eager is not None:
-            with contextlib.suppress(Exception):
+            try:
                 row.update(time_project(eager, eager_loader, device, steps, args.epochs, prefix="project_eager"))
+            except Exception as exc:  # noqa: BLE001
+                row["project_eager_error"] = _exc_text(exc)
         for k in ("conventional", "project", "project_eager"):
             if row.get(f"{k}_s"):
                 row[f"{k}_images_per_s"] = round(row.get(f"{k}_steps", steps) * args.batch_size / row[f"{k}_s"], 1)
@@ -886,47 +949,19 @@ def run(args) -> int:
         row["images_per_epoch"] = row.get("project_steps", steps) * args.batch_size
         runs.append(row)
         print(f"  workers={w}: conventional {row.get('conventional_s')} s, project {row.get('project_s')} s "
-              f"({row.get('project_variant')}), speedup {row.get('speedup')}")
+              f"({row.get('project_variant')}), speedup {row.get('speedup')}", flush=True)
+        common.write_json_atomic(out_path, payload(runs, complete=False))  # survives a timeout later on
 
-    try:
-        import triton  # noqa: F401
-
-        triton_ok = True
-    except Exception:  # noqa: BLE001
-        triton_ok = False
-    prov = common.provenance(device, time.perf_counter() - t_start)
-    prov.update(
-        images=len(data), batch_size=args.batch_size, m_per_class=args.m_per_class, sampler=args.sampler,
-        steps_per_epoch=steps, full_epoch_steps=per_epoch, timed_epochs=args.epochs,
-        warmup_steps=args.warmup_steps, limit=args.limit, teacher=f"{args.teacher} (512-d, L2-normalised, eval)",
-        student=f"{args.student} (64-d)", lr=LR, rkd_weights=[DISTANCE_WEIGHT, ANGLE_WEIGHT],
-        mp_start_method=multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method(),
-        cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), triton_importable=triton_ok,
-        math_modes=_math_modes(), project_variant=runner.variant if runner else None,
-        project_setup_s=_r(runner.setup_s, 2) if runner else None,
-        project_eager_setup_s=_r(eager.setup_s, 2) if eager else None,
-        project_info={k: v for k, v in (runner.info.items() if runner else []) if k != "graph_traceback"},
-        graph_traceback=runner.info.get("graph_traceback") if runner else None,
-        conventional=("torchvision FashionMNIST + Subset(classes 0-4), per-image RandomCrop(28, padding=2) + "
-                      "RandomHorizontalFlip + ToTensor + Normalize, DataLoader(batch_sampler=" + args.sampler +
-                      ", persistent_workers, pin_memory on CUDA), eager fp32 (default math modes), direct RKD-D + "
-                      "2 RKD-A, teacher no_grad, loss.item() every step; worker start-up and warm-up not timed"),
-        project=("DeviceLoader (dataset on the device) + random_crop_flip, package RKD loss in fp32 (fused Triton "
-                 "kernels on CUDA), bf16 autocast + channels_last on CUDA, teacher eval/no_grad, losses summed on "
-                 "the device (one sync per epoch), whole step in one CUDA graph with Adam(capturable=True) when "
-                 "project_variant == 'cuda-graph'; torch.compile not tried"),
-        errors=errors,
-    )
-    payload = {"provenance": prov, "runs": runs}
-    path = common.write_json_atomic(args.out / "bench-pipeline.json", payload)
-    print_table(payload)
-    print(f"wrote {path}")
+    result = payload(runs, complete=True)
+    common.write_json_atomic(out_path, result)
+    print_table(result)
+    print(f"wrote {out_path}", flush=True)
 
     if args.profile_steps > 0 and runner is not None:
-        payload["profile"] = profile_variants(args.profile_steps, data, device, runner, project_loader,
-                                              args.workers[0], teacher_cpu, student_cpu)
-        payload["provenance"]["wall_s"] = round(time.perf_counter() - t_start, 3)
-        common.write_json_atomic(args.out / "bench-pipeline.json", payload)
+        result["profile"] = profile_variants(args.profile_steps, data, device, runner, project_loader,
+                                             args.workers[0], teacher_cpu, student_cpu)
+        result["provenance"]["wall_s"] = round(time.perf_counter() - t_start, 3)
+        common.write_json_atomic(out_path, result)
     ok = runner is not None and all(
         r.get("conventional_losses_finite") and r.get("project_losses_finite") for r in runs)
     return 0 if ok and not errors else 1

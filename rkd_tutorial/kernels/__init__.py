@@ -67,7 +67,13 @@ def interpreter_enabled() -> bool:
 
 
 def available() -> bool:
-    """True when the kernels can run: Triton importable, and CUDA present or the interpreter on."""
+    """True when the kernels can run: Triton importable, and CUDA present or the interpreter on.
+
+    ``RKD_DISABLE_TRITON=1`` in the environment turns them off (the losses then
+    take the chunked PyTorch path on every device).
+    """
+    if os.environ.get("RKD_DISABLE_TRITON", "0") not in ("", "0"):
+        return False
     if not _triton_importable():
         return False
     if interpreter_enabled():
