@@ -277,8 +277,9 @@ def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, autocast, batch_s
 
 
 def _float(out: Optional[Output]) -> Optional[Output]:
-    """Losses are computed in float32 even under bf16 autocast."""
-    if out is None or out.embedding.dtype == torch.float32:
+    """Losses are computed in float32 even under bf16 autocast (every field, each on its own:
+    an L2-normalised embedding comes out of autocast in float32 while the stages do not)."""
+    if out is None:
         return out
-    return Output(out.embedding.float(), None if out.logits is None else out.logits.float(),
-                  out.pooled.float(), [s.float() for s in out.stages])
+    f = lambda t: None if t is None else t.float()
+    return Output(f(out.embedding), f(out.logits), f(out.pooled), [f(s) for s in out.stages])

@@ -245,15 +245,21 @@ def test_cli_metric_quick_writes_results_with_provenance(tmp_path, tiny_quick, c
     assert not list(out.glob("*.tmp"))
 
 
-def test_cli_teacher_then_load_it_as_shipped(tmp_path, tiny_quick, monkeypatch, capsys):
-    rc = cli.main(["teacher", "classify", "--profile", "quick", "--out", str(tmp_path), "--device", "cpu"])
+def test_cli_teacher_writes_a_checkpoint_that_loads_as_shipped(tmp_path, tiny_quick, monkeypatch, capsys):
+    """``python -m rkd_tutorial teacher`` is how the shipped teachers are made: its file must load."""
+    monkeypatch.setitem(ex.METRIC_PROFILES, "quick", dataclasses.replace(ex.METRIC_PROFILES["quick"], train_per_class=32))
+    rc = cli.main(["teacher", "metric", "--profile", "quick", "--out", str(tmp_path), "--device", "cpu"])
     assert rc == 0
     sums = ex._read_sums(tmp_path / "SHA256SUMS")
-    assert set(sums) == {"classify-quick-seed0.pt"}
+    assert set(sums) == {"metric-quick-seed0.pt"}
+    state = torch.load(tmp_path / "metric-quick-seed0.pt", map_location="cpu", weights_only=True)
+    assert state["provenance"]["profile"] == "quick"
     monkeypatch.setattr(ex, "CHECKPOINTS", tmp_path)
     monkeypatch.setenv("RKD_DATA", str(tmp_path / "cache"))
-    teacher, source = ex.load_or_train_teacher("classify", "quick", 0, device="cpu", progress=False)
-    assert source == "shipped" and isinstance(teacher, Classifier)
+    teacher, source = ex.load_or_train_teacher("metric", "quick", 0, device="cpu", progress=False)
+    assert source == "shipped" and isinstance(teacher, EmbeddingNet)
+    for k, v in state["model"].items():
+        assert torch.equal(v, teacher.state_dict()[k]), k
 
 
 def test_cli_merge(tmp_path, capsys):
