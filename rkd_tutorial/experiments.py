@@ -19,12 +19,8 @@ that produced it (device, torch version, commit, profile, wall time).
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
-import platform
-import subprocess
-import tempfile
 import time
 import hashlib
 from dataclasses import asdict, dataclass
@@ -37,6 +33,7 @@ from . import __version__
 from .data import ClassBalancedBatchSampler, DeviceLoader, class_disjoint_split, load_fashion_mnist, random_crop_flip, subset_per_class
 from .evaluate import accuracy, embed, recall_at_k
 from .models import Classifier, EmbeddingNet, build_backbone
+from .provenance import device_name, stamp, write_text_atomic  # noqa: F401  (device_name re-exported)
 from .train import Term, TrainConfig, attention, ce, darkrank, fit, fitnet, hkd, rkd, save_atomic, triplet
 
 __all__ = [
@@ -271,7 +268,7 @@ def save_teacher(experiment: str, profile: str, seed: int, out_dir, device=None)
     save_atomic(state, out / name)
     sums = _read_sums(out / "SHA256SUMS")
     sums[name] = _sha256(out / name)
-    _write_text_atomic(out / "SHA256SUMS", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
+    write_text_atomic(out / "SHA256SUMS", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
     return out / name
 
 
@@ -427,40 +424,9 @@ def _row_line(row: dict) -> str:
 
 # ----------------------------------------------------------------------------- provenance and files
 
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parent)
-        sha = out.stdout.strip()
-        if out.returncode == 0 and sha:
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                   text=True, timeout=10, cwd=Path(__file__).resolve().parent).stdout.strip()
-            return sha + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("RKD_COMMIT", "unknown")
-
-
-def device_name(device=None) -> str:
-    """A readable name of the device that ran the code, e.g. 'NVIDIA H200' or the CPU model."""
-    d = _device(device)
-    if d.type == "cuda":
-        return torch.cuda.get_device_name(d)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"CPU: {platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
-
-
 def provenance(profile: str, wall_s: float, device=None, **extra) -> dict:
     """Where a result came from: device, versions, commit, profile, wall time, date."""
-    return {"device": device_name(device), "torch": torch.__version__, "rkd_tutorial": __version__,
-            "python": platform.python_version(), "commit": _commit(), "profile": profile,
-            "wall_s": round(wall_s, 1), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **extra}
+    return stamp(_device(device), wall_s, profile=profile, rkd_tutorial=__version__, **extra)
 
 
 def markdown_table(results: dict) -> str:
@@ -494,22 +460,11 @@ def merge_results(parts: Sequence[dict]) -> dict:
     return {"provenance": prov, "rows": [r for p in parts for r in p["rows"]]}
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_results(results: dict, out_dir, stem: str) -> Path:
     """Write ``out_dir/stem.json`` and ``out_dir/stem.md`` atomically; returns the JSON path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.json"
-    _write_text_atomic(path, json.dumps(results, indent=2) + "\n")
-    _write_text_atomic(out / f"{stem}.md", markdown_table(results))
+    write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / f"{stem}.md", markdown_table(results))
     return path

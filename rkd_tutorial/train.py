@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .losses import FitNetHint, HardDarkRank, RKDLoss, attention_loss, hkd_loss, triplet_loss
 from .models import Output
+from .provenance import write_atomic
 
 __all__ = [
     "Term", "TrainConfig", "History", "fit", "seed_everything", "save_atomic",
@@ -136,16 +136,7 @@ def seed_everything(seed: int) -> None:
 
 def save_atomic(obj, path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _optimizer(params, config: TrainConfig):

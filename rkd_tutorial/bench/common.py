@@ -24,18 +24,14 @@ Peak memory *above the inputs*:
 from __future__ import annotations
 
 import ctypes
-import datetime as _dt
-import json
-import os
 import re
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import torch
+
+from ..provenance import device_name, git_commit, stamp, write_json_atomic  # noqa: F401  (re-exported)
 
 MIB = 1 << 20
 
@@ -50,57 +46,9 @@ def device_slug(device: torch.device) -> str:
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({os.cpu_count()} logical cores, {torch.get_num_threads()} torch threads)"
-
-
-def git_commit() -> str:
-    """``git rev-parse HEAD`` of the checkout containing this package, or ``"unknown"``."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return os.environ.get("RKD_COMMIT", "unknown")
-    sha = out.stdout.strip()
-    return sha if out.returncode == 0 and sha else os.environ.get("RKD_COMMIT", "unknown")
-
-
 def provenance(device: torch.device, wall_s: float) -> dict:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = None
-    return {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "commit": git_commit(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(wall_s, 3),
-    }
-
-
-def write_json_atomic(path: Path, payload: dict) -> Path:
-    """Write ``payload`` to ``path`` through a temporary file and ``os.replace``: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """The provenance block of a benchmark file (:func:`rkd_tutorial.provenance.stamp`)."""
+    return stamp(device, wall_s)
 
 
 # ----------------------------------------------------------------------------- timing
