@@ -6,27 +6,27 @@ Park, Kim, Lu, Cho, *Relational Knowledge Distillation*, CVPR 2019
 changes *how* the numbers are computed, so that a GPU never holds anything of
 size ``N^3`` or ``N x N x D``.
 
-The idea in one paragraph. After centring, everything RKD needs is in the two
-Gram matrices ``G = X X^T`` (student and teacher, ``N x N``):
+The idea in one paragraph. Everything RKD needs is in the ``N x N`` matrix of
+squared distances ``Q_ab = ||x_a - x_b||^2`` (student and teacher): the
+distances of Eq. (3), and, by the law of cosines, the angle potential at
+anchor ``a`` (Eq. 6)::
 
-* squared distances ``d_ab^2 = G_aa + G_bb - 2 G_ab`` (Eq. 3),
-* and the angle potential at anchor ``a`` (Eq. 6)::
+      cos(b a c) = (Q_ab + Q_ac - Q_bc) / (2 d_ab d_ac).
 
-      cos(b a c) = <x_b - x_a, x_c - x_a> / (d_ab d_ac)
-                 = (G_bc - G_ab - G_ac + G_aa) / (d_ab d_ac).
-
-So one Triton program keeps a ``BLOCK x BLOCK`` tile ``(b, c)`` of both Gram
-matrices in registers and walks over the anchors ``a``: per anchor it only
-loads row ``a`` of the Gram matrices (``O(BLOCK)`` numbers) and evaluates
+(Squared distances are computed from the differences, not from a Gram matrix,
+so coincident points give exactly 0.) One Triton program keeps a
+``BLOCK x BLOCK`` tile ``(b, c)`` in registers and walks over the anchors
+``a``: per anchor it loads ``O(BLOCK)`` numbers of row ``a`` and evaluates
 ``BLOCK^2`` student and teacher cosines, their Huber loss (Eq. 7) and the
-derivative of the loss with respect to the student's Gram matrix,
-``dL/dG`` (``N x N``). The student's gradient is then two matrix products,
-``dL/dX = (dL/dG + dL/dG^T) X``. Modules:
+derivative of the loss with respect to ``Q`` (``N x N``). Tiles below the
+diagonal are skipped (``cos(b a c) = cos(c a b)``). The student's gradient then
+follows from ``dL/dQ`` in two matrix products. Nothing of size ``N^3`` or
+``N x N x D`` is ever stored. Modules:
 
 * :mod:`.triton_kernels`: the ``@triton.jit`` kernels (angle, and the three
   small ``N x N`` passes of the distance loss);
-* :mod:`.functions`: the host side: centring, Gram matrices, launches, the
-  gradient assembly and the ``torch.autograd.Function``;
+* :mod:`.functions`: the host side: centring, squared distances, launches,
+  the gradient assembly and the ``torch.autograd.Function``;
 * :mod:`.check`: compares them with the float64 direct formulation
   (``python -m rkd_tutorial.kernels.check``).
 
@@ -35,7 +35,7 @@ Public API (same calling convention as :mod:`rkd_tutorial.losses`):
 * :func:`available` -- can the kernels run here?
 * :func:`rkd_distance_loss`, :func:`rkd_angle_loss` -- Eq. (5), Eq. (7);
 * :func:`rkd_loss` -- ``distance_weight * L_D + angle_weight * L_A`` (Eq. 8),
-  both terms in one pass over the Gram matrices.
+  both terms in one pass over the squared distances.
 
 Triton is imported lazily: importing this package never fails, and
 :func:`available` says whether the kernels can run (Triton importable and
