@@ -165,6 +165,11 @@ def _kernels():
     return kernels if kernels.available() else None
 
 
+def _fused(student: torch.Tensor):
+    """The Triton kernels where they apply (a CUDA student below float64), else None."""
+    return _kernels() if student.is_cuda and student.dtype != torch.float64 else None
+
+
 def _huber(diff: torch.Tensor) -> torch.Tensor:
     """Huber loss with delta 1 (PyTorch's smooth L1) of a difference, elementwise."""
     a = diff.abs()
@@ -236,8 +241,8 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
         all ``N^2`` entries: a scalar tensor.
     """
     check_pair(student, teacher, min_n=2, name="rkd_distance_loss")
-    if student.is_cuda and student.dtype != torch.float64 and _kernels() is not None:
-        return _kernels().rkd_distance_loss(student, teacher.detach().to(student.dtype))
+    if _fused(student) is not None:
+        return _fused(student).rkd_distance_loss(student, teacher.detach().to(student.dtype))
     with torch.no_grad():
         t = distance_potential(teacher.to(student.dtype))
     return F.smooth_l1_loss(distance_potential(student), t, reduction="mean", beta=1.0)
@@ -260,8 +265,8 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     """
     check_pair(student, teacher, min_n=3, name="rkd_angle_loss")
     teacher = teacher.detach().to(student.dtype)
-    if student.is_cuda and student.dtype != torch.float64 and _kernels() is not None:
-        return _kernels().rkd_angle_loss(student, teacher)
+    if _fused(student) is not None:
+        return _fused(student).rkd_angle_loss(student, teacher)
     want_grad = torch.is_grad_enabled() and student.requires_grad
     return _AngleLossFunction.apply(student, teacher, want_grad)
 
@@ -299,10 +304,10 @@ class RKDLoss(nn.Module):
         self.angle_weight = float(angle_weight)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if student.is_cuda and student.dtype != torch.float64 and _kernels() is not None:
+        if _fused(student) is not None:
             # Both terms in one fused pass (float32 inside; float64 keeps the exact path).
             check_pair(student, teacher, min_n=3 if self.angle_weight else 2, name="RKDLoss")
-            return _kernels().rkd_loss(
+            return _fused(student).rkd_loss(
                 student, teacher.detach().to(student.dtype), self.distance_weight, self.angle_weight
             )
         loss = student.new_zeros(())
