@@ -101,7 +101,7 @@ def darkrank(weight: float = 1.0, alpha: float = 2.0, beta: float = 3.0, list_le
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``optimizer``: 'adam' or 'sgd'; ``milestones``: epochs where lr *= gamma."""
+    """Optimisation settings. ``optimizer``: "adam" or "sgd"; ``milestones``: epochs where ``lr *= gamma``."""
 
     epochs: int = 10
     lr: float = 1e-3

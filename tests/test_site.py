@@ -171,19 +171,19 @@ def _load_all_images(driver) -> list[dict]:
 
 
 def _screenshots(driver, page: str) -> None:
+    """``<page>.png``: the first screen; ``<page>-full.png``: the whole page (up to 30000 px)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     driver.execute_script("window.scrollTo(0, 0);")
     driver.save_screenshot(str(SHOTS / f"{shot_name(page)}.png"))
-    try:   # the whole page, through the DevTools protocol (Chromium only)
-        import base64
-
-        height = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 30000);")
-        data = driver.execute_cdp_cmd("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}})
-        (SHOTS / f"{shot_name(page)}-full.png").write_bytes(base64.b64decode(data["data"]))
+    width, height = driver.get_window_size()["width"], driver.get_window_size()["height"]
+    try:   # a window as tall as the page renders the page's real layout
+        full = driver.execute_script("return Math.min(document.documentElement.scrollHeight, 30000);")
+        driver.set_window_size(width, full + 100)
+        driver.save_screenshot(str(SHOTS / f"{shot_name(page)}-full.png"))
     except Exception:   # a screenshot is a convenience; never fail the test for it
         pass
+    finally:
+        driver.set_window_size(width, height)
 
 
 #: Console errors that are known, harmless and not ours: sphinx-thebe 0.3 adds its
