@@ -179,6 +179,8 @@ def fit(
     if teacher is None and any(t.needs_teacher for t in terms):
         names = [t.name for t in terms if t.needs_teacher]
         raise ValueError(f"fit: the terms {names} distil from a teacher; pass teacher=...")
+    if not any(t.needs_teacher for t in terms):
+        teacher = None  # e.g. a triplet-only student: no term reads the teacher, so never run it
     device = next(model.parameters()).device
     extras = nn.ModuleList([t.module for t in terms if t.module is not None]).to(device)
     params = list(model.parameters()) + list(extras.parameters())
