@@ -27,6 +27,8 @@ heatmap or a histogram shows is exactly what RKD-D and RKD-A compare.
 
 from __future__ import annotations
 
+import re
+
 from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import matplotlib.pyplot as plt
@@ -320,7 +322,7 @@ def embedding_scatter(
     components (PCA, computed per panel), so the picture is a linear view of
     the geometry, never a re-arrangement of it (as t-SNE would be). Titles
     get the dimension appended, e.g. "teacher (128-D, PCA)", unless they
-    already mention one ("-D").
+    already mention one (a number followed by "-D", e.g. "16-D"; "RKD-DA" does not count).
 
     Args:
         embeddings: ``{title: N x D}``, a list of arrays (with ``titles``) or one array.
@@ -349,7 +351,7 @@ def embedding_scatter(
                 name = class_names[c] if class_names is not None else str(c)
                 ax.scatter(xy[sel, 0], xy[sel, 1], s=point_size, color=colour, alpha=0.8, lw=0, label=name)
         dim = x.reshape(len(x), -1).shape[1]
-        if title and "-D" not in title:          # say what is shown, unless the title already does
+        if title and not re.search(r"\d-D\b", title):  # say what is shown, unless the title already does
             title = f"{title} ({dim}-D{', PCA' if dim > 2 else ''})"
         ax.set_title(title)
         ax.set_aspect("equal", adjustable="datalim")
