@@ -248,12 +248,19 @@ def train_teacher(experiment: str, profile: str = "quick", seed: int = 0, device
     raise ValueError(f"experiment must be 'metric' or 'classify', got {experiment!r}")
 
 
+def _metric_teacher(p: MetricProfile) -> EmbeddingNet:
+    """The metric-learning teacher of a profile: L2-normalised embedding, as in the official code."""
+    return EmbeddingNet(build_backbone(p.teacher_backbone), p.teacher_dim, normalize=True)
+
+
+def _classify_teacher(p: ClassifyProfile) -> Classifier:
+    return Classifier(build_backbone(p.teacher_backbone), 10)
+
+
 def _teacher_architecture(experiment: str, profile: str) -> torch.nn.Module:
     if experiment == "metric":
-        p = METRIC_PROFILES[profile]
-        return EmbeddingNet(build_backbone(p.teacher_backbone), p.teacher_dim, normalize=True)
-    p = CLASSIFY_PROFILES[profile]
-    return Classifier(build_backbone(p.teacher_backbone), 10)
+        return _metric_teacher(METRIC_PROFILES[profile])
+    return _classify_teacher(CLASSIFY_PROFILES[profile])
 
 
 def save_teacher(experiment: str, profile: str, seed: int, out_dir, device=None) -> Path:
@@ -315,7 +322,7 @@ def _fit_teacher(teacher, profile, train, terms, cfg, checkpoint, progress):
 def train_metric_teacher(profile: MetricProfile, train, seed=0, device=None, checkpoint=None, progress=True):
     """Train (or load from ``checkpoint``) the triplet teacher: L2-normalised embedding."""
     torch.manual_seed(seed)
-    teacher = EmbeddingNet(build_backbone(profile.teacher_backbone), profile.teacher_dim, normalize=True).to(_device(device))
+    teacher = _metric_teacher(profile).to(_device(device))
     cfg = _config(profile.teacher_epochs, profile.teacher_lr, seed, profile.autocast)
     history = _fit_teacher(teacher, profile, train, [triplet()], cfg, checkpoint, progress)
     return teacher, history
@@ -324,7 +331,7 @@ def train_metric_teacher(profile: MetricProfile, train, seed=0, device=None, che
 def train_classify_teacher(profile: ClassifyProfile, train, seed=0, device=None, checkpoint=None, progress=True):
     """Train (or load from ``checkpoint``) the classifier teacher with cross-entropy."""
     torch.manual_seed(seed)
-    teacher = Classifier(build_backbone(profile.teacher_backbone), 10).to(_device(device))
+    teacher = _classify_teacher(profile).to(_device(device))
     cfg = _config(profile.teacher_epochs, profile.lr, seed, profile.autocast)
     history = _fit_teacher(teacher, profile, train, [ce()], cfg, checkpoint, progress)
     return teacher, history

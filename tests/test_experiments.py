@@ -43,6 +43,16 @@ EXPECTED_CLASSIFY = {
 }
 
 
+def _check_finite_and_backward(terms, student, teacher):
+    """The weighted terms on one batch give a finite loss that back-propagates."""
+    x, y = _batch()
+    with torch.no_grad():
+        t_out = teacher(x)
+    loss = sum(t.weight * t.fn(student(x), t_out, y) for t in terms)
+    assert torch.isfinite(loss)
+    loss.backward()
+
+
 @pytest.mark.parametrize("method", ex.METRIC_METHODS)
 def test_metric_terms_of_every_method_give_a_finite_differentiable_loss(method):
     assert set(EXPECTED_METRIC) == set(ex.METRIC_METHODS)
@@ -51,12 +61,7 @@ def test_metric_terms_of_every_method_give_a_finite_differentiable_loss(method):
     teacher = EmbeddingNet(SmallCNN((8, 8, 16)), 12, normalize=True).eval()
     terms = ex.metric_terms(method, student, teacher)
     assert [t.name for t in terms] == EXPECTED_METRIC[method]
-    x, y = _batch()
-    with torch.no_grad():
-        t_out = teacher(x)
-    loss = sum(t.weight * t.fn(student(x), t_out, y) for t in terms)
-    assert torch.isfinite(loss)
-    loss.backward()
+    _check_finite_and_backward(terms, student, teacher)
     assert student.head.weight.grad is not None
 
 
@@ -71,12 +76,7 @@ def test_classify_terms_of_every_method_give_a_finite_differentiable_loss(method
     if "rkd-da" in EXPECTED_CLASSIFY[method]:
         rkd_term = terms[-1]
         assert rkd_term.weight == 1.0   # 25 and 50 live inside the RKDLoss
-    x, y = _batch()
-    with torch.no_grad():
-        t_out = teacher(x)
-    loss = sum(t.weight * t.fn(student(x), t_out, y) for t in terms)
-    assert torch.isfinite(loss)
-    loss.backward()
+    _check_finite_and_backward(terms, student, teacher)
     assert student.fc.weight.grad is not None
 
 
