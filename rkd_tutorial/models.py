@@ -15,6 +15,8 @@ FitNets and attention transfer). One forward pass serves every method.
   the teacher's embedding and not the student's).
 * :class:`Classifier`: backbone + linear classifier; RKD acts on its pooled
   penultimate features (``Output.embedding``), HKD on its logits.
+* :func:`fold_batchnorm`: a frozen (eval-mode) network with every batch norm
+  folded into the convolution before it: same function, fewer kernels.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Output", "SmallCNN", "ResNetBackbone", "EmbeddingNet", "Classifier", "build_backbone", "count_parameters"]
+__all__ = ["Output", "SmallCNN", "ResNetBackbone", "EmbeddingNet", "Classifier", "build_backbone", "count_parameters",
+           "fold_batchnorm"]
 
 
 class Output(NamedTuple):
@@ -167,3 +170,37 @@ class Classifier(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every eval-mode ``BatchNorm2d`` into the ``Conv2d`` that feeds it, in place; returns ``model``.
+
+    In eval mode a batch norm is a fixed per-channel affine map,
+    ``y = gamma (x - mean) / sqrt(var + eps) + beta``, so it can be merged
+    into the preceding convolution's weights and bias
+    (:func:`torch.nn.utils.fusion.fuse_conv_bn_eval`); the batch norm
+    becomes ``nn.Identity``. The network computes the same function (up to
+    rounding) with one kernel less per convolution: useful for a frozen
+    teacher that is run at every training step. Pairs are found where this
+    package's models (and torchvision's ResNets) put them: consecutive
+    ``(Conv2d, BatchNorm2d)`` in an ``nn.Sequential``, and attributes
+    ``convK`` / ``bnK`` of one module (``bnK`` applied to ``convK``'s output).
+    Raises ``ValueError`` for a model in training mode (its batch norms use
+    batch statistics, which cannot be folded).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if model.training:
+        raise ValueError("fold_batchnorm: call model.eval() first; training-mode batch norm cannot be folded")
+    for module in list(model.modules()):
+        children = module._modules
+        if isinstance(module, nn.Sequential):
+            pairs = list(zip(list(children), list(children)[1:]))
+        else:
+            pairs = [("conv" + name[2:], name) for name in list(children) if name.startswith("bn")]
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+                children[conv_name] = fuse_conv_bn_eval(conv, bn)
+                children[bn_name] = nn.Identity()
+    return model

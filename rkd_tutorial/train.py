@@ -21,6 +21,7 @@ where an uninterrupted one would.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import dataclass, field
@@ -235,6 +236,13 @@ def fit(
         if steps == 0:
             raise ValueError("fit: the loader yielded no batch; is the dataset smaller than one batch?")
         means = (sums / steps).tolist()                         # one host synchronisation per epoch
+        if not all(math.isfinite(m) for m in means):
+            bad = [n for n, m in zip(["loss"] + [t.name for t in terms], means) if not math.isfinite(m)]
+            raise FloatingPointError(
+                f"fit: the loss became NaN or inf in epoch {epoch + 1} ({', '.join(bad)}); lower the "
+                "learning rate or the loss weights, or check the inputs (no checkpoint was written "
+                "for this epoch)"
+            )
         record = {"epoch": epoch + 1, "loss": means[0], **{t.name: m for t, m in zip(terms, means[1:])}}
         if evaluate is not None:
             record.update(evaluate(model))

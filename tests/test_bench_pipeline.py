@@ -8,14 +8,18 @@ the real benchmark.
 
 from __future__ import annotations
 
+import gc
 import json
+import math
+import weakref
 
 import pytest
 import torch
+import torch.nn as nn
 
 from rkd_tutorial.bench import pipeline
 from rkd_tutorial.bench.__main__ import main
-from rkd_tutorial.data import normalize_images
+from rkd_tutorial.data import DeviceLoader, normalize_images
 from rkd_tutorial.losses import RKDLoss
 from rkd_tutorial.models import EmbeddingNet, SmallCNN
 
@@ -46,6 +50,7 @@ def test_cpu_run_writes_the_documented_layout(cpu_result):
     assert prov["project_info"]["loss"].startswith("RKDLoss")
     check = prov["project_info"]["loss_check_first_batch"]  # the package's loss equals the official formulation
     assert check["package_loss"] == pytest.approx(check["direct_loss"], rel=1e-4)
+    assert math.isfinite(prov["project_info"]["warmup_loss"])
 
     (row,) = data["runs"]
     assert set(row) >= {"workers", "conventional_s", "project_s", "speedup", "project_variant",
@@ -66,13 +71,18 @@ def _tiny_models():
     return teacher, student
 
 
-def test_train_step_runs_eagerly_on_cpu():
-    """The closure that the CUDA graph captures: one full step, sums its losses on the device."""
+def _tiny_step():
+    """``(teacher, student, optimizer, loss_sum, step, x, y)``: the project's step on tiny models, CPU."""
     teacher, student = _tiny_models()
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     loss_sum = torch.zeros(())
     step = pipeline.make_train_step(teacher, student, opt, RKDLoss(1, 2), loss_sum)
-    x, y = torch.randn(16, 1, 28, 28), torch.arange(4).repeat(4)
+    return teacher, student, opt, loss_sum, step, torch.randn(16, 1, 28, 28), torch.arange(4).repeat(4)
+
+
+def test_train_step_runs_eagerly_on_cpu():
+    """The closure that the CUDA graph captures: one full step, sums its losses on the device."""
+    teacher, student, opt, loss_sum, step, x, y = _tiny_step()
     before = [p.detach().clone() for p in student.parameters()]
     t_before = [p.detach().clone() for p in teacher.parameters()]
     losses = [step(x, y) for _ in range(3)]
@@ -81,6 +91,85 @@ def test_train_step_runs_eagerly_on_cpu():
     assert any(not torch.equal(b, p) for b, p in zip(before, student.parameters()))  # the student learns
     assert all(torch.equal(b, p) for b, p in zip(t_before, teacher.parameters()))    # the teacher does not
     assert all(p.grad is not None for p in student.parameters())
+
+
+def test_captured_step_keeps_what_the_graph_uses_alive():
+    """The graph records addresses only: the models and Adam's state must outlive the function that built them.
+
+    Regression test for the NaN losses of the CUDA-graph variant on an H200: the teacher and the
+    optimizer were referenced only by the eager closure, a local of ``build_project``, and freed on
+    return while the graph kept replaying into their memory. (The capture itself needs a GPU; the
+    graph is left out here, the ownership is what is tested.)
+    """
+    def build():
+        teacher, student, opt, loss_sum, step, x, y = _tiny_step()
+        loss = step(x, y)  # creates Adam's state, as the warm-up before a capture does
+        captured = pipeline.CapturedStep(None, x.clone(), y.clone(), loss, step)
+        state = next(iter(opt.state.values()))
+        refs = [weakref.ref(o) for o in (teacher, opt, state["exp_avg"], state["exp_avg_sq"], state["step"])]
+        return pipeline.ProjectRunner("cuda-graph", captured, loss_sum, student), refs
+
+    runner, refs = build()
+    gc.collect()
+    assert all(r() is not None for r in refs)
+    del runner
+    gc.collect()
+    assert all(r() is None for r in refs)  # ... and nothing else holds them
+
+
+class _FakeStep:
+    """A stand-in for a replayed graph: adds ``value`` to ``loss_sum`` per call."""
+
+    def __init__(self, loss_sum, value):
+        self.loss_sum, self.value, self.calls = loss_sum, value, 0
+
+    def __call__(self, x, y):
+        self.calls += 1
+        self.loss_sum.add_(self.value)
+        return self.loss_sum
+
+
+def _runner(variant, value):
+    loss_sum = torch.zeros(())
+    return pipeline.ProjectRunner(variant, _FakeStep(loss_sum, value), loss_sum, nn.Linear(1, 1),
+                                  info={"graph_check": {"replay_loss": 0.5}, "graph_traceback": "tb"})
+
+
+def _cpu_loader():
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    return DeviceLoader(images, torch.arange(64) % 4, 8, shuffle=False, device="cpu")
+
+
+def test_checked_graph_runner_falls_back_to_a_fresh_eager_runner_on_a_nonfinite_probe():
+    loader, eager_loader = _cpu_loader(), _cpu_loader()
+    eager = _runner("eager", 0.25)
+    built = []
+
+    def build_eager():
+        built.append(1)
+        return eager, eager_loader
+
+    graph = _runner("cuda-graph", float("nan"))
+    runner, got_loader, note = pipeline.checked_graph_runner(graph, loader, build_eager)
+    assert graph.run_step.calls == pipeline.PROBE_STEPS  # a short probe, not an epoch
+    assert runner is eager and got_loader is eager_loader and built == [1]
+    assert note and "cuda-graph -> eager" in note and "nan" in note
+    assert runner.info["graph_fallback"] == note
+    assert runner.info["graph_variant_info"] == {"graph_check": {"replay_loss": 0.5}}  # no traceback
+
+
+def test_checked_graph_runner_keeps_a_finite_graph_and_does_not_probe_eager():
+    loader = _cpu_loader()
+
+    def build_eager():
+        raise AssertionError("no fallback expected")
+
+    graph = _runner("cuda-graph", 0.5)
+    assert pipeline.checked_graph_runner(graph, loader, build_eager) == (graph, loader, None)
+    assert float(graph.loss_sum) == pytest.approx(0.5 * pipeline.PROBE_STEPS)
+    eager = _runner("eager", float("nan"))
+    assert pipeline.checked_graph_runner(eager, loader, build_eager) == (eager, loader, None)
+    assert eager.run_step.calls == 0
 
 
 def test_capture_refuses_cpu_batches():

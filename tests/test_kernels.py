@@ -111,17 +111,18 @@ def test_available_is_a_bool_and_import_is_lazy():
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
 def test_gradient_assembly_matches_autograd():
-    """``_gradient_from_dq`` is the chain rule through Q_ij = ||x_i - x_j||^2 and the centring."""
-    from rkd_tutorial.kernels.functions import _gradient_from_dq
+    """``gradient_from_dq`` (the gradient kernel's formula) is the chain rule through Q_ij = ||x_i - x_j||^2."""
+    from rkd_tutorial.kernels.check import gradient_from_dq
 
     g = torch.Generator().manual_seed(3)
-    x = torch.randn(9, 4, dtype=torch.float64, generator=g).requires_grad_(True)
+    x = (torch.randn(9, 4, dtype=torch.float64, generator=g) + 5.0).requires_grad_(True)
     dq = torch.randn(9, 9, dtype=torch.float64, generator=g)
-    xc = x - x.mean(0, keepdim=True)
-    q = (xc[:, None, :] - xc[None, :, :]).pow(2).sum(-1)
+    q = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)
     (expected,) = torch.autograd.grad((dq * q).sum(), x)
-    got = _gradient_from_dq(dq, xc.detach())
-    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gradient_from_dq(dq, x.detach()), expected, rtol=1e-10, atol=1e-10)
+    # translation invariance: the kernel centres the rows first, the result is the same
+    centred = x.detach() - x.detach().mean(0)
+    torch.testing.assert_close(gradient_from_dq(dq, centred), expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
@@ -215,7 +216,7 @@ def test_kernels_compile_for_h100_without_spilling():
 
     for divisible in (True, False):
         rows = compile_all(90, divisible=divisible)
-        assert {r["kernel"] for r in rows} >= {"pair_geometry", "angle(WANT_GRAD=True)", "distance_grad"}
+        assert {r["kernel"] for r in rows} >= {"pair_geometry", "angle(WANT_GRAD=True)", "distance", "gradient"}
         for r in rows:
             if r["regs"] is not None:
                 assert r["spill_bytes"] == 0, r

@@ -80,3 +80,16 @@ def test_quick_metric_training_learns():
     assert losses[-1] < losses[0]
     assert h.series("recall@1")[-1] > 0.4 > 0.2
     print("recall@1 before/after:", before, h.series("recall@1")[-1])
+
+
+def test_fit_stops_with_a_clear_error_when_the_loss_is_not_finite(tmp_path):
+    # On a GPU the losses do not check their inputs' values (a host synchronisation per
+    # call); a NaN then shows in the epoch's mean loss, where fit stops before checkpointing.
+    from rkd_tutorial.train import Term
+
+    nan_term = Term("broken", 1.0, lambda s, t, y: s.logits.sum() * float("nan"), needs_teacher=False)
+    model = Classifier(SmallCNN((4, 8, 8)), 4)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(FloatingPointError, match=r"NaN or inf in epoch 1 \(loss, .*broken\)"):
+        fit(model, toy_loader(), [ce(), nan_term], TrainConfig(epochs=2), checkpoint=ckpt, progress=False)
+    assert list(tmp_path.iterdir()) == []

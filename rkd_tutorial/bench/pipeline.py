@@ -8,12 +8,22 @@ examples from each of 4 classes (:class:`~rkd_tutorial.data.ClassBalancedBatchSa
 ``--sampler shuffle`` for plain shuffling). The same epoch is timed two ways,
 in the same process, on whatever device is present:
 
-Known problem (measured on an NVIDIA H200, results/bench-pipeline.json): the
-CUDA-graph variant's losses became NaN during the timed epoch, although its
-one-step check against eager matched; the eager project variant's stayed
-finite. Until that is found, a variant whose losses are not finite reports no
-``speedup`` (``speedup_note`` says why); ``eager_speedup`` compares the
-conventional epoch with the eager project one.
+Known problem, and its probable cause (measured on an NVIDIA H200,
+results/bench-pipeline.json; the fix below is not yet confirmed on a GPU):
+the CUDA-graph variant's losses became NaN during the timed epoch, although
+its one-step check against eager, inside :func:`build_project`, matched. The
+graph only records addresses; the teacher and Adam's state were referenced
+by nothing but the eager step closure, a local of :func:`build_project`, so
+they were freed when it returned, and the eager baseline and the
+conventional variant then got their memory. The replays went on reading
+those "teacher weights" and writing Adam's moments into other tensors
+(a negative ``exp_avg_sq`` gives ``sqrt`` -> NaN). :class:`CapturedStep` now
+keeps the closure alive. Safeguards: :func:`checked_graph_runner` replays
+:data:`PROBE_STEPS` steps before each timed graph epoch and falls back to a
+fresh eager runner if their loss is not finite (``project_fallback``); a
+variant whose losses are not finite reports no ``speedup`` (``speedup_note``
+says why); ``eager_speedup`` compares the conventional epoch with the eager
+project one.
 
 ``conventional`` -- what the official code (github.com/lenscloth/RKD) does:
 
@@ -39,7 +49,11 @@ conventional epoch with the eager project one.
   :func:`~rkd_tutorial.data.random_crop_flip` on the whole batch;
 * the package's RKD loss (:class:`~rkd_tutorial.losses.RKDLoss` (1, 2): the
   fused Triton kernels on CUDA, the chunked PyTorch code on the CPU), in
-  float32; the networks under bfloat16 autocast, ``channels_last``;
+  float32; the networks under bfloat16 autocast, ``channels_last``, cuDNN's
+  autotuning (``benchmark`` mode, for the project's steps only);
+* the frozen teacher prepared for inference: batch norm folded into the
+  convolutions (:func:`~rkd_tutorial.models.fold_batchnorm`) and, on CUDA,
+  its weights stored in bfloat16 (no per-step weight casts);
 * no host synchronisation inside the epoch: the losses are summed on the
   device and read once at the end;
 * on CUDA, the whole training step -- teacher forward, student forward, loss,
@@ -77,9 +91,12 @@ step (*sync-bound*). What each trick buys:
   synchronisation inside the step (so the loss is called through its
   sync-free kernel entry point, the input checks of ``RKDLoss`` having been
   run once before capture), an optimizer whose step counter lives on the GPU
-  (``capturable=True``), autocast without its weight cache, and a few
+  (``capturable=True``), autocast without its weight cache, a few
   warm-up iterations on a side stream before capture (cuDNN/cuBLAS
-  heuristics, Triton's compilation, the optimizer's state).
+  heuristics, Triton's compilation, the optimizer's state), and Python
+  references to every tensor made before the capture that the graph uses
+  (weights, optimizer state, static buffers) for as long as it is replayed:
+  the graph itself keeps none (:class:`CapturedStep`).
 
 Every optional trick falls back to a simpler path when it fails (the
 exception text is recorded): CUDA graph -> eager; fused Triton loss -> the
@@ -113,6 +130,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import gc
 import importlib
 import math
@@ -130,6 +148,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..models import fold_batchnorm
 from . import common
 
 #: Default teacher and student (``rkd_tutorial.models.build_backbone`` names) and their embedding widths.
@@ -141,6 +160,8 @@ DISTANCE_WEIGHT, ANGLE_WEIGHT, LR = 1.0, 2.0, 1e-4
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
 #: Eager iterations on a side stream before capture (the CUDA-graphs notes use 3).
 GRAPH_WARMUP_ITERS = 3
+#: Untimed steps whose mean loss is checked (one host synchronisation) before each timed CUDA-graph epoch.
+PROBE_STEPS = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -415,12 +436,27 @@ def _sync_warnings(fn: Callable[[], object]) -> List[str]:
 
 @dataclass
 class CapturedStep:
-    """A training step recorded in a CUDA graph, replayed on new data with :meth:`__call__`."""
+    """A training step recorded in a CUDA graph, replayed on new data with :meth:`__call__`.
+
+    The graph holds raw addresses, not Python references. What it allocated
+    during the capture (activations, the ``.grad`` tensors, ``static_loss``)
+    lives in its private memory pool and stays valid as long as ``graph``
+    does; but the tensors made *before* the capture -- the teacher's and the
+    student's weights, Adam's ``exp_avg``/``exp_avg_sq``/``step`` tensors,
+    ``loss_sum``, ``static_x`` -- are read and written in place by every
+    replay, and nothing in the graph keeps them alive. If their last Python
+    reference goes, the caching allocator hands their memory to the next
+    tensors of the same size, and the replays silently read and overwrite
+    those. ``step`` (the eager closure, which references the models, the
+    optimizer and ``loss_sum``) is kept here for that reason only: it is
+    never called after the capture.
+    """
 
     graph: "torch.cuda.CUDAGraph"
     static_x: torch.Tensor
     static_y: torch.Tensor
     static_loss: torch.Tensor
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # keeps the graph's outside memory alive
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.static_x.copy_(x)   # fill the graph's input memory (same addresses every replay) ...
@@ -444,6 +480,8 @@ def capture_train_step(
     iteration runs with CUDA's sync-debug mode on: a host synchronisation
     there would break the capture, so :class:`GraphUnsafe` is raised instead
     of trying. Raises on any failure; the caller falls back to eager steps.
+    The result keeps ``step``, and with it the models and the optimizer,
+    alive for as long as the graph can be replayed (see :class:`CapturedStep`).
     """
     if not torch.cuda.is_available():
         raise GraphUnsafe("no CUDA device: CUDA graphs need one")
@@ -474,7 +512,7 @@ def capture_train_step(
     with torch.cuda.graph(graph, stream=side):
         static_loss = step(static_x, static_y)
     torch.cuda.synchronize(x0.device)
-    return CapturedStep(graph, static_x, static_y, static_loss)
+    return CapturedStep(graph, static_x, static_y, static_loss, step)
 
 
 @dataclass
@@ -487,15 +525,47 @@ class ProjectRunner:
     student: nn.Module
     setup_s: float = 0.0
     info: dict = field(default_factory=dict)
+    cudnn_autotune: bool = False                    # cuDNN's benchmark mode during the project's steps only
 
     def __call__(self, x, y):
-        return self.run_step(x, y)
+        with cudnn_autotune(self.cudnn_autotune):
+            return self.run_step(x, y)
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool):
+    """``torch.backends.cudnn.benchmark = True`` inside the block (if ``enabled``), restored after.
+
+    With fixed shapes, cuDNN times its convolution algorithms once per shape and
+    keeps the fastest. Scoped, so that the conventional variant keeps PyTorch's defaults.
+    """
+    prev = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = prev or enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = prev
 
 
 def _exc_text(exc: BaseException, limit: int = 2000) -> str:
     return f"{type(exc).__name__}: {exc}"[:limit]
 
 
+def _cudnn_autotuned(build):
+    """Run ``build(data, device, ...)`` with cuDNN's autotuning on CUDA, and keep it on for the runner's steps."""
+
+    @functools.wraps(build)
+    def wrapper(data, device, *args, **kwargs):
+        autotune = device.type == "cuda"
+        with cudnn_autotune(autotune):  # warm-up and graph capture choose the algorithms
+            runner, loader = build(data, device, *args, **kwargs)
+        runner.cudnn_autotune = runner.info["cudnn_benchmark"] = autotune
+        return runner, loader
+
+    return wrapper
+
+
+@_cudnn_autotuned
 def build_project(
     data: Data,
     device: torch.device,
@@ -519,7 +589,10 @@ def build_project(
         data.images.unsqueeze(1), data.labels, data.batch_size, device=device, augment=random_crop_flip,
         sampler=_device_sampler(data), shuffle=data.sampler == "shuffle", seed=data.seed,
     )
-    teacher = copy.deepcopy(teacher_cpu).to(device).eval()
+    # The frozen teacher, prepared for inference: batch norm folded into the convolutions
+    # (one kernel less per convolution, same function up to rounding).
+    teacher = fold_batchnorm(copy.deepcopy(teacher_cpu).eval()).to(device)
+    info["teacher_inference"] = "batch norm folded into the convolutions"
     student = copy.deepcopy(student_cpu).to(device).train()
     channels_last = cuda
     if channels_last:
@@ -529,6 +602,10 @@ def build_project(
     if cuda:
         if torch.cuda.is_bf16_supported():
             autocast_dtype = torch.bfloat16
+            # Its weights in bfloat16 once, instead of a cast kernel per weight at every step
+            # (autocast skips a tensor already in its dtype, and still runs norms in float32).
+            teacher = teacher.to(autocast_dtype)
+            info["teacher_inference"] += ", weights stored in bfloat16"
         else:
             info["autocast_note"] = "bfloat16 unsupported on this GPU: float32"
     info.update(autocast=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "float32",
@@ -594,11 +671,9 @@ def build_project(
         runner = ProjectRunner("eager", step, loss_sum, student, info=info)
 
     # The remaining warm-up steps through the timed code path.
-    loader.set_epoch(0)
-    for i, (xb, yb) in enumerate(loader):
-        if i >= warmup_steps:
-            break
-        runner(xb, yb)
+    runner.loss_sum.zero_()
+    n = project_epoch(runner, loader, 0, warmup_steps) if warmup_steps > 0 else 0
+    info["warmup_loss"] = float(runner.loss_sum) / max(1, n)
     common.synchronize(device)
     runner.setup_s = time.perf_counter() - t0
     return runner, loader
@@ -622,6 +697,39 @@ def project_epoch(runner: ProjectRunner, loader, epoch: int, steps: int) -> int:
         if n >= steps:
             break
     return n
+
+
+def probe_loss(runner: ProjectRunner, loader, steps: int = PROBE_STEPS) -> float:
+    """Mean loss of ``steps`` untimed steps of ``runner`` (the first batches of epoch 0); one host sync."""
+    runner.loss_sum.zero_()
+    n = project_epoch(runner, loader, 0, steps)
+    return float(runner.loss_sum) / max(1, n)
+
+
+def checked_graph_runner(runner: ProjectRunner, loader, build_eager: Callable[[], tuple]) -> tuple:
+    """``(runner, loader, note)``: the CUDA-graph runner if a short probe gives a finite loss, else eager.
+
+    Called just before a CUDA-graph epoch is timed, when everything else (the
+    eager baseline, the conventional variant) has allocated its memory: a
+    graph that reads or writes memory it no longer owns shows it here, after
+    :data:`PROBE_STEPS` steps, instead of after a whole NaN epoch. On a
+    non-finite loss, ``build_eager()`` makes a *fresh* eager runner (the
+    graph's student has diverged, and its replays may have overwritten
+    other tensors); ``note`` says why and is also stored in its ``info``.
+    Other runners are returned unchanged, with ``note`` None.
+    """
+    if runner.variant != "cuda-graph":
+        return runner, loader, None
+    loss = probe_loss(runner, loader)
+    if math.isfinite(loss):
+        return runner, loader, None
+    note = (f"cuda-graph -> eager: mean loss {loss} over {PROBE_STEPS} replays before the timed epoch "
+            "(the graph's setup checks had passed)")
+    print(f"  {note}", flush=True)
+    eager, eager_loader = build_eager()
+    eager.info["graph_fallback"] = note
+    eager.info["graph_variant_info"] = {k: v for k, v in runner.info.items() if k != "graph_traceback"}
+    return eager, eager_loader, note
 
 
 # ----------------------------------------------------------------------------- the conventional pipeline
@@ -877,7 +985,8 @@ def _provenance(args, device, data, steps, per_epoch, runner, eager, errors, t_s
                       "2 RKD-A, teacher eval + no_grad, Adam, loss.item() every step; worker start-up "
                       "(conventional_startup_s) and warm-up not in the epoch time"),
         project=("DeviceLoader (dataset on the device) + random_crop_flip, package RKD loss in fp32 (fused Triton "
-                 "kernels on CUDA), bf16 autocast + channels_last on CUDA, teacher eval + no_grad, losses summed "
+                 "kernels on CUDA), bf16 autocast + channels_last + cuDNN benchmark mode on CUDA, teacher eval + "
+                 "no_grad with batch norm folded (and bf16 weights on CUDA), losses summed "
                  "on the device (one sync per epoch), whole step in one CUDA graph with Adam(capturable=True) "
                  "when project_variant == 'cuda-graph' (project_eager_*: the same without the graph, Adam "
                  "default); setup (compilation, capture, warm-up) not in the epoch time; torch.compile not tried"),
@@ -935,6 +1044,12 @@ def run(args) -> int:
             traceback.print_exc()
         if runner is not None:
             try:
+                runner, project_loader, note = checked_graph_runner(
+                    runner, project_loader,
+                    lambda: build_project(data, device, teacher_cpu, student_cpu, args.warmup_steps, try_graph=False))
+                if note:  # the project variant is eager from now on; no separate eager baseline needed
+                    row["project_fallback"] = note
+                    eager = eager_loader = None
                 row.update(time_project(runner, project_loader, device, steps, args.epochs))
                 row["project_variant"] = runner.variant
             except Exception as exc:  # noqa: BLE001

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 from . import triton_kernels as K
-from .functions import ANGLE_BLOCK, ANGLE_STAGES, ANGLE_WARPS, PAIR_BLOCK
+from .functions import ANGLE_BLOCK, ANGLE_STAGES, ANGLE_WARPS, GRAD_BLOCK, PAIR_BLOCK
 
 
 def _tools_dir():
@@ -37,23 +37,28 @@ def _signature(fn, scalars):
     for name in fn.arg_names:
         if name in scalars:
             sig[name] = scalars[name]
-        elif name.isupper() and name not in ("BLOCK", "UNROLL", "EPS", "EPS2", "STAGES", "WANT_GRAD", "WITH_ANGLE"):
+        elif name in _CONSTEXPRS:
+            sig[name] = "constexpr"
+        elif name.isupper():
             sig[name] = "*i32" if name.startswith("TILE") else "*fp32"
         else:
             sig[name] = "constexpr"
     return sig
 
 
+_CONSTEXPRS = {"BLOCK", "BLOCK_D", "EPS", "EPS2", "STAGES", "WANT_GRAD", "WITH_ANGLE", "WITH_DISTANCE"}
+
+
 def variants():
     """(name, kernel, scalar types, constexprs, num_warps) as launched by :mod:`.functions`."""
-    ints = {"N": "i32", "LD": "i32", "D": "i32", "anchors_per_program": "i32", "stagger": "i32"}
-    dist = dict(BLOCK=PAIR_BLOCK, EPS=K.EPS)
+    ints = {"N": "i32", "LD": "i32", "D": "i32", "DS": "i32", "DT": "i32", "STRIDE": "i32",
+            "STRIDE_S": "i32", "STRIDE_T": "i32", "anchors_per_program": "i32", "stagger": "i32"}
     out = [
         ("pair_geometry", K.pair_geometry_kernel, ints,
-         dict(BLOCK=PAIR_BLOCK, UNROLL=4, EPS2=K.EPS**2, WITH_ANGLE=True), 4),
-        ("distance_sums", K.distance_sums_kernel, ints, dist, 4),
-        ("distance_loss", K.distance_loss_kernel, dict(ints, scale="fp32"), dist, 4),
-        ("distance_grad", K.distance_grad_kernel, dict(ints, scale="fp32"), dist, 4),
+         dict(BLOCK=PAIR_BLOCK, EPS=K.EPS, EPS2=K.EPS**2, WITH_ANGLE=True, WITH_DISTANCE=True), 4),
+        ("distance", K.distance_kernel, dict(ints, scale="fp32"), dict(BLOCK=PAIR_BLOCK, EPS=K.EPS, WANT_GRAD=True), 4),
+        ("gradient", K.gradient_kernel, dict(ints, dist_scale="fp32"),
+         dict(BLOCK=GRAD_BLOCK, BLOCK_D=64, EPS=K.EPS, WITH_DISTANCE=True), 4),
     ]
     for want_grad in (True, False):
         out.append((f"angle(WANT_GRAD={want_grad})", K.angle_kernel, dict(ints, scale="fp32"),
@@ -97,7 +102,7 @@ def compile_all(arch: int = 90, divisible: bool = True) -> list[dict]:
         # What the launcher specialises: torch's pointers and the row stride LD are multiples
         # of 16 always; N and D for the benchmark's sizes (or not: ``divisible=False``).
         attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(fn.arg_names)
-                 if sig[a].startswith("*") or a == "LD" or (divisible and a in ("N", "D"))}
+                 if sig[a].startswith("*") or a == "LD" or (divisible and a in ("N", "D", "STRIDE"))}
         kernel = triton.compile(
             ASTSource(fn, signature=sig, constexprs=consts, attrs=attrs),
             target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps},

@@ -48,6 +48,21 @@ def _safe_direct_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> tor
     return F.smooth_l1_loss(potentials(student), t, reduction="mean")
 
 
+def gradient_from_dq(dq: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What :func:`~.triton_kernels.gradient_kernel` computes, in torch: ``dL/dX`` from ``dq = dL/dQ``.
+
+    ``Q_ij = ||x_i - x_j||^2``, so ``dQ_ij/dx_i = 2 (x_i - x_j)`` and
+    ``dQ_ij/dx_j = -2 (x_i - x_j)``; with ``A = dq + dq^T``::
+
+        dL/dx_a = 2 sum_b A_ab (x_a - x_b) = 2 (rowsum(A)_a x_a - (A X)_a)
+
+    (the diagonal of ``dq`` cancels). Kept as the readable reference of the
+    kernel's chain rule (``tests/test_kernels.py`` checks it against autograd).
+    """
+    a = dq + dq.t()
+    return 2.0 * (a.sum(dim=1, keepdim=True) * x - a @ x)
+
+
 def reference_loss(student, teacher, distance_weight, angle_weight, coincident_safe=True):
     """``wd * RKD-D + wa * RKD-A``, direct formulation, in float64 (gradient via autograd)."""
     s = student.detach().to(torch.float64).requires_grad_(True)

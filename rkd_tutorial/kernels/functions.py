@@ -1,34 +1,37 @@
-"""Host side of the fused RKD kernels: squared distances, launches, gradient, autograd.
+"""Host side of the fused RKD kernels: buffers, launches, autograd.
 
-One call of :func:`rkd_loss` does, on the device, without synchronising with
-the host (no ``.item()``, no boolean-mask indexing):
+One call of :func:`rkd_loss` with a gradient is four Triton launches, two
+small torch ops (``zeros`` for the global sums, ``mean`` of the student) and
+no synchronisation with the host (no ``.item()``, no boolean-mask indexing,
+no value checks):
 
-1. centre both batches and form their squared-distance matrices ``Q_s``,
-   ``Q_t`` and, for the angle loss, the per-pair factors ``U = 1/d`` and
-   ``B = d/2`` (:func:`~.triton_kernels.pair_geometry_kernel`, ``O(N^2 D)``);
-2. distance loss (if ``distance_weight``): three ``N x N`` passes,
-   ``sum d`` -> Huber sums -> ``dL/dQ`` (:mod:`.triton_kernels`);
+1. :func:`~.triton_kernels.pair_geometry_kernel`, one launch for both
+   networks: squared distances ``Q_s``, ``Q_t``, for the angle loss the
+   per-pair factors ``U = 1/d`` and ``B = d/2``, for the distance loss the
+   sums of distances (``O(N^2 D)``);
+2. distance loss (if ``distance_weight``): :func:`~.triton_kernels.distance_kernel`,
+   one ``N x N`` pass, the Huber sum and ``dL/dQ``;
 3. angle loss (if ``angle_weight``): one launch of :func:`~.triton_kernels.angle_kernel`
    over the upper block triangle of tiles, which adds its ``dL/dQ`` on top;
-4. the student's gradient from ``dL/dQ`` (:func:`_gradient_from_dq`), two
-   matrix products in full float32 (TF32 off).
+4. the student's gradient from ``dL/dQ``: :func:`~.triton_kernels.gradient_kernel`
+   (the chain rule through ``Q``, ``tl.dot`` in full float32).
 
 The loss and its gradient come out of the same forward pass, like
 ``_AngleLossFunction`` in :mod:`rkd_tutorial.losses.relational`: the backward
 pass only multiplies the stored gradient by ``grad_output``.
 
 Memory: seven ``N x N`` float32 matrices (``Q``, ``U``, ``B`` of student
-and teacher, ``dL/dQ``), the centred and transposed copies of the inputs and
-the gradient: about 450 MiB at ``N = 4096``, 29 MiB at ``N = 1024``.
+and teacher, ``dL/dQ``) and the gradient: about 450 MiB at ``N = 4096``,
+29 MiB at ``N = 1024``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 
 import torch
+import triton
 
 from . import interpreter_enabled
 from . import triton_kernels as K
@@ -43,6 +46,8 @@ ANGLE_STAGES = 3
 ANGLE_WARPS = 4
 #: Tile edge of the ``N x N`` passes (squared distances, distance loss).
 PAIR_BLOCK = 64
+#: Rows of the gradient per program (and the ``b`` step of its ``tl.dot`` loop).
+GRAD_BLOCK = 32
 #: Angle programs resident per streaming multiprocessor: 248 registers x 128 threads
 #: (``python -m rkd_tutorial.kernels.aot``) leave room for 2 in 64K registers.
 PROGRAMS_PER_SM = 2
@@ -52,33 +57,6 @@ MIN_ANCHORS_PER_PROGRAM = 8
 WAVE_EFFICIENCY = 0.9
 #: Largest batch whose padded ``N x N`` buffers fit the kernels' 32-bit offsets.
 MAX_N = 46272
-
-
-@contextlib.contextmanager
-def _ieee_fp32_matmul():
-    """Full-precision float32 matrix products inside the block (no TF32), restored after.
-
-    TF32's 10-bit mantissa would cost the gradient three decimal digits. Uses
-    the per-backend switch of recent PyTorch where it exists.
-    """
-    m = torch.backends.cuda.matmul
-    if hasattr(m, "fp32_precision"):
-        prev = m.fp32_precision
-        if prev == "ieee":
-            yield
-            return
-        m.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            m.fp32_precision = prev
-    else:  # older PyTorch
-        prev = m.allow_tf32
-        m.allow_tf32 = False
-        try:
-            yield
-        finally:
-            m.allow_tf32 = prev
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,6 +76,7 @@ def _wave_efficiency(programs: int, slots: int) -> float:
     return programs / (-(-programs // slots) * slots)
 
 
+@functools.lru_cache(maxsize=256)
 def launch_config(n: int, device: torch.device, block: int | None = None, anchor_splits: int | None = None):
     """Launch parameters of the angle kernel: ``(block, tiles, anchors_per_program, grid, num_warps)``.
 
@@ -128,82 +107,70 @@ def launch_config(n: int, device: torch.device, block: int | None = None, anchor
     return block, tiles, anchors_per_program, grid, ANGLE_WARPS
 
 
-def _gradient_from_dq(dq: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``dL/dX`` for the centred ``X`` from ``dq = dL/dQ``, ``Q_ij = ||x_i - x_j||^2``.
-
-    ``dQ_ij/dx_i = 2 (x_i - x_j)`` and ``dQ_ij/dx_j = -2 (x_i - x_j)``, so with
-    ``A = dq + dq^T``::
-
-        dL/dx_a = 2 sum_b A_ab (x_a - x_b) = 2 (rowsum(A)_a x_a - (A X)_a)
-
-    (the diagonal of ``dq`` cancels, so the kernels may leave anything there).
-    Then the centring ``x - mean(x)`` is differentiated: subtract the mean
-    gradient (zero up to rounding, since RKD is translation invariant).
-    """
-    with _ieee_fp32_matmul():
-        ax = dq @ x
-        ax.addmm_(dq.t(), x)
-    g = (dq.sum(dim=0) + dq.sum(dim=1)).unsqueeze(1) * x - ax
-    g = g - g.mean(dim=0, keepdim=True)
-    return g.mul_(2.0)
-
-
-def _pair_geometry(x: torch.Tensor, ld: int, with_angle: bool):
-    """Centre the batch (float32, ``N x D``); its squared distances ``Q`` and, for angles, ``U``, ``B``.
-
-    The matrices are ``LD x LD`` buffers (``LD`` a multiple of ``PAIR_BLOCK``),
-    zero past ``N``.
-    """
-    x = x.detach().to(torch.float32)
-    x = x - x.mean(dim=0, keepdim=True)
-    n, d = x.shape
-    xt = x.new_empty((d, ld))
-    xt[:, :n] = x.t()
-    q = x.new_empty((ld, ld))
-    u, b = (torch.empty_like(q), torch.empty_like(q)) if with_angle else (q, q)
-    grid = (ld // PAIR_BLOCK, ld // PAIR_BLOCK)
-    K.pair_geometry_kernel[grid](
-        xt, q, u, b, n, ld, d,
-        BLOCK=PAIR_BLOCK, UNROLL=4, EPS2=K.EPS**2, WITH_ANGLE=with_angle, num_warps=4,
-    )
-    return x, q, u, b
-
-
 def _forward(student, teacher, distance_weight, angle_weight, want_grad, block, anchor_splits):
     """Loss (float32 0-d tensor) and, if ``want_grad``, ``dL/dstudent`` (float32, ``N x Ds``)."""
     n = student.shape[0]
+    device = student.device
     with_angle = bool(angle_weight) and n >= 3
-    angle_launch = launch_config(n, student.device, block, anchor_splits) if with_angle else None
+    with_distance = bool(distance_weight)
+    angle_launch = launch_config(n, device, block, anchor_splits) if with_angle else None
     # Row stride (and size) of the N x N buffers: N rounded up to whole tiles.
     tile = max(PAIR_BLOCK, angle_launch[0] if with_angle else PAIR_BLOCK)
     ld = -(-n // tile) * tile
-    xs, qs, us, bs = _pair_geometry(student, ld, with_angle)
-    _, qt, ut, bt = _pair_geometry(teacher, ld, with_angle)
-    stats = torch.zeros(4, dtype=torch.float32, device=student.device)  # see triton_kernels
+
+    # 1. Squared distances (and U, B, the sums of distances) of both networks, one launch.
+    stats = torch.zeros(4, dtype=torch.float32, device=device)  # see triton_kernels
+    q = torch.empty((2, ld, ld), dtype=torch.float32, device=device)
+    u, b = (torch.empty_like(q), torch.empty_like(q)) if with_angle else (q, q)
+    K.pair_geometry_kernel[(ld // PAIR_BLOCK, ld // PAIR_BLOCK, 2)](
+        student, teacher, student.stride(0), teacher.stride(0), student.shape[1], teacher.shape[1],
+        q, u, b, stats, n, ld,
+        BLOCK=PAIR_BLOCK, EPS=K.EPS, EPS2=K.EPS**2, WITH_ANGLE=with_angle, WITH_DISTANCE=with_distance,
+        num_warps=4,
+    )
     dq = None
     if want_grad:
         # The distance pass stores every entry; without it the angle kernel adds onto zeros.
-        dq = (torch.empty if distance_weight else torch.zeros)((ld, ld), dtype=torch.float32, device=student.device)
+        dq = (torch.empty if with_distance else torch.zeros)((ld, ld), dtype=torch.float32, device=device)
 
-    if distance_weight:
+    # 2. Distance loss (Eq. 5): one pass over the pairs.
+    if with_distance:
         grid = (-(-n // PAIR_BLOCK), -(-n // PAIR_BLOCK))
-        K.distance_sums_kernel[grid](qs, qt, stats, n, ld, BLOCK=PAIR_BLOCK, EPS=K.EPS)
-        K.distance_loss_kernel[grid](qs, qt, stats, n, ld, distance_weight / n**2, BLOCK=PAIR_BLOCK, EPS=K.EPS)
-        if want_grad:
-            K.distance_grad_kernel[grid](qs, qt, stats, dq, n, ld, distance_weight / n**2, BLOCK=PAIR_BLOCK, EPS=K.EPS)
+        K.distance_kernel[grid](q[0], q[1], stats, dq if want_grad else stats, n, ld, distance_weight / n**2,
+                                BLOCK=PAIR_BLOCK, EPS=K.EPS, WANT_GRAD=bool(want_grad), num_warps=4)
 
+    # 3. Angle loss (Eq. 7): the N^3 part.
     if with_angle:
         blk, tiles, per_program, grid, num_warps = angle_launch
-        tile_b, tile_c = _tile_pairs(tiles, student.device)
+        tile_b, tile_c = _tile_pairs(tiles, device)
         K.angle_kernel[grid](
-            qs, qt, us, ut, bs, bt, dq if want_grad else stats, stats, tile_b, tile_c,
+            q[0], q[1], u[0], u[1], b[0], b[1], dq if want_grad else stats, stats, tile_b, tile_c,
             n, ld, per_program, max(1, per_program // (2 * tiles)), angle_weight / n**3,
             BLOCK=blk, STAGES=ANGLE_STAGES, WANT_GRAD=bool(want_grad), num_warps=num_warps,
         )
 
-    loss = stats[2]  # both terms, weighted and normalised by the kernels
-    grad = _gradient_from_dq(dq[:n, :n], xs) if want_grad else None
-    return loss, grad
+    # 4. The student's gradient from dL/dQ.
+    grad = None
+    if want_grad:
+        d = student.shape[1]
+        grad = torch.empty((n, d), dtype=torch.float32, device=device)
+        block_d = min(64, max(16, triton.next_power_of_2(d)))
+        K.gradient_kernel[(-(-n // GRAD_BLOCK), -(-d // block_d))](
+            student, student.stride(0), student.mean(dim=0, dtype=torch.float32), dq, q[0], stats, grad,
+            n, ld, d, distance_weight / n**2,
+            BLOCK=GRAD_BLOCK, BLOCK_D=block_d, EPS=K.EPS, WITH_DISTANCE=with_distance, num_warps=4,
+        )
+    return stats[2], grad  # the loss: both terms, weighted and normalised by the kernels
+
+
+def _kernel_inputs(student, teacher):
+    """What the kernels read: one dtype for both (float32 when they differ), column stride 1.
+
+    No copy in the usual case (two contiguous tensors of one dtype).
+    """
+    if student.dtype != teacher.dtype:
+        student, teacher = student.float(), teacher.float()
+    return tuple(x if x.stride(1) == 1 else x.contiguous() for x in (student, teacher))
 
 
 class _RKDFunction(torch.autograd.Function):
@@ -211,7 +178,8 @@ class _RKDFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, distance_weight, angle_weight, want_grad, block, anchor_splits):
-        loss, grad = _forward(student, teacher, distance_weight, angle_weight, want_grad, block, anchor_splits)
+        xs, xt = _kernel_inputs(student, teacher)
+        loss, grad = _forward(xs, xt, distance_weight, angle_weight, want_grad, block, anchor_splits)
         if want_grad:
             ctx.save_for_backward(grad.to(student.dtype))
         return loss.to(student.dtype)

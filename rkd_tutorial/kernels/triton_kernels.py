@@ -33,8 +33,13 @@ The kernels write into
 * ``DQ``, the ``N x N`` derivative of the weighted loss with respect to the
   student's squared distances, each entry ``Q_ij`` of the formulas treated as
   its own variable (``DQ`` need not be symmetric; its diagonal is unused).
-  :func:`rkd_tutorial.kernels.functions._gradient_from_dq` turns it into the
-  gradient: ``dL/dx_a = 2 sum_b (DQ_ab + DQ_ba) (x_a - x_b)``.
+  :func:`gradient_kernel` turns it into the gradient:
+  ``dL/dx_a = 2 sum_b (DQ_ab + DQ_ba) (x_a - x_b)``
+  (:func:`rkd_tutorial.kernels.check.gradient_from_dq` is the same in torch).
+
+Four kernels, launched in this order by :mod:`.functions`:
+:func:`pair_geometry_kernel` (both networks, one launch; also ``STATS[0:2]``),
+:func:`distance_kernel`, :func:`angle_kernel`, :func:`gradient_kernel`.
 
 Notation inside the angle kernel (one anchor ``a`` at a time, ``b`` and ``c``
 index a tile):
@@ -50,7 +55,7 @@ index a tile):
   ``clip = clamp(x, -1, 1) = h'(x)``: ``h(x) = clip * (x - clip / 2)``.
 
 Only plain Triton is used: masked ``tl.load``/``tl.store``, ``tl.sum``,
-``tl.atomic_add`` (relaxed), loops with run-time bounds (``tl.range`` with
+``tl.dot`` (full float32), ``tl.atomic_add`` (relaxed), loops with run-time bounds (``tl.range`` with
 ``num_stages`` for the anchor loop, which lets Triton prefetch). The same source runs
 on a GPU and under Triton's CPU interpreter (``TRITON_INTERPRET=1``).
 """
@@ -70,33 +75,45 @@ EPS = 1e-12
 # ---------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["STRIDE_S", "STRIDE_T", "DS", "DT"])
 def pair_geometry_kernel(
-    XT, Q, U, B, N, LD, D,
-    BLOCK: tl.constexpr, UNROLL: tl.constexpr, EPS2: tl.constexpr, WITH_ANGLE: tl.constexpr,
+    XS, XT, STRIDE_S, STRIDE_T, DS, DT, Q, U, B, STATS, N, LD,
+    BLOCK: tl.constexpr, EPS: tl.constexpr, EPS2: tl.constexpr,
+    WITH_ANGLE: tl.constexpr, WITH_DISTANCE: tl.constexpr,
 ):
     """One ``BLOCK x BLOCK`` tile of ``Q_ij = sum_k (x_ik - x_jk)^2`` (and of ``U``, ``B``).
 
-    ``XT`` is ``X^T`` (``D x LD``, so that column ``k`` of the batch is
-    contiguous). The grid covers the whole ``LD x LD`` buffers, whose padding
-    (``i >= N`` or ``j >= N``) gets zeros. With ``WITH_ANGLE`` it also stores
-    the per-pair factors of the angle kernel, ``U_ij = 1 / d_ij`` and
+    One launch serves both networks: ``program_id(2)`` is the side, 0 for
+    the student ``XS`` (``N x DS``, row stride ``STRIDE_S``), 1 for the
+    teacher ``XT``. ``Q``, ``U``, ``B`` are ``2 x LD x LD`` buffers (student,
+    then teacher); the grid covers them whole, and the padding (``i >= N`` or
+    ``j >= N``) gets zeros. With ``WITH_ANGLE`` the tile also stores the
+    per-pair factors of the angle kernel, ``U_ij = 1 / d_ij`` and
     ``B_ij = d_ij / 2``, both 0 for coincident points (``Q_ij <= EPS2``; also
-    on the diagonal) and in the padding.
+    on the diagonal) and in the padding. With ``WITH_DISTANCE`` it adds the
+    tile's sum of distances (Eq. 3, diagonal excluded) to ``STATS[side]``,
+    for the mean distance ``mu`` of Eq. (4).
     """
+    side = tl.program_id(2)
+    if side == 0:
+        X = XS
+        stride = STRIDE_S
+        D = DS
+    else:
+        X = XT
+        stride = STRIDE_T
+        D = DT
     offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     in_i = offs_i < N
     in_j = offs_j < N
     acc = tl.zeros([BLOCK, BLOCK], dtype=tl.float32)
-    for k0 in range(0, D, UNROLL):
-        for kk in tl.static_range(UNROLL):
-            k = k0 + kk
-            x_i = tl.load(XT + k * LD + offs_i, mask=in_i & (k < D), other=0.0)
-            x_j = tl.load(XT + k * LD + offs_j, mask=in_j & (k < D), other=0.0)
-            diff = x_i[:, None] - x_j[None, :]
-            acc += diff * diff
-    pairs = offs_i[:, None] * LD + offs_j[None, :]
+    for k in tl.range(0, D):
+        x_i = tl.load(X + offs_i * stride + k, mask=in_i, other=0.0).to(tl.float32)
+        x_j = tl.load(X + offs_j * stride + k, mask=in_j, other=0.0).to(tl.float32)
+        diff = x_i[:, None] - x_j[None, :]
+        acc += diff * diff
+    pairs = side * LD * LD + offs_i[:, None] * LD + offs_j[None, :]
     valid = in_i[:, None] & in_j[None, :]
     q = tl.where(valid, acc, 0.0)
     tl.store(Q + pairs, q)
@@ -104,10 +121,14 @@ def pair_geometry_kernel(
         u = tl.where(q > EPS2, 1.0 / tl.sqrt(tl.maximum(q, EPS2)), 0.0)
         tl.store(U + pairs, u)
         tl.store(B + pairs, 0.5 * q * u)
+    if WITH_DISTANCE:
+        off_diag = valid & (offs_i[:, None] != offs_j[None, :])
+        d = tl.where(off_diag, tl.sqrt(tl.maximum(q, EPS)), 0.0)
+        tl.atomic_add(STATS + side, tl.sum(d), sem="relaxed")
 
 
 # ---------------------------------------------------------------------------
-# Distance-wise loss, Eq. (3)-(5): three light passes over the N x N pairs.
+# Distance-wise loss, Eq. (3)-(5): one light pass over the N x N pairs.
 # ---------------------------------------------------------------------------
 
 
@@ -132,19 +153,26 @@ def _pair_distances(Q, offs_i, offs_j, N, LD, EPS: tl.constexpr):
 
 
 @triton.jit
-def distance_sums_kernel(QS, QT, STATS, N, LD, BLOCK: tl.constexpr, EPS: tl.constexpr):
-    """Pass 1: ``STATS[0] += sum d_s``, ``STATS[1] += sum d_t`` over one tile of pairs."""
+def distance_kernel(QS, QT, STATS, DQ, N, LD, scale, BLOCK: tl.constexpr, EPS: tl.constexpr, WANT_GRAD: tl.constexpr):
+    """The distance loss of one tile of pairs, after the geometry kernel has summed the distances.
+
+    With ``mu = STATS[0] / (N (N-1))`` (student; teacher: ``STATS[1]``),
+    ``x_ij = d_s,ij / mu_s - d_t,ij / mu_t`` (Eq. 4) and ``clip = h'(x)``:
+
+    * ``STATS[2] += scale * sum h(x)`` (Eq. 5, ``scale = distance_weight / N^2``);
+    * ``STATS[3] += sum clip * d_s`` (for the gradient through ``mu_s``);
+    * with ``WANT_GRAD``, *store* (not add: this pass runs before the angle
+      kernel) the part of ``dL/dQ_ij`` that needs no global sum::
+
+          L = scale * sum_ij h(d_ij / mu - t_ij),  mu = sum_{i != j} d_ij / (N (N-1))
+          dL/dd_ij = scale * (clip_ij / mu - K / (N (N-1))),   K = sum_kl clip_kl d_kl / mu^2
+          dL/dQ_ij = dL/dd_ij / (2 d_ij)                        (d = sqrt(Q))
+
+      The ``K`` term needs this whole pass first; :func:`gradient_kernel`
+      adds it.
+    """
     offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    d_s, _ = _pair_distances(QS, offs_i, offs_j, N, LD, EPS)
-    d_t, _ = _pair_distances(QT, offs_i, offs_j, N, LD, EPS)
-    tl.atomic_add(STATS + 0, tl.sum(d_s), sem="relaxed")
-    tl.atomic_add(STATS + 1, tl.sum(d_t), sem="relaxed")
-
-
-@triton.jit
-def _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS: tl.constexpr):
-    """psi_D of Eq. (4) for student and teacher, the Huber derivative ``clip``, and helpers."""
     pairs = N * (N - 1)
     mu_s = tl.maximum(tl.load(STATS + 0) / pairs, EPS)
     mu_t = tl.maximum(tl.load(STATS + 1) / pairs, EPS)
@@ -152,35 +180,11 @@ def _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS: tl.constexpr
     d_t, _ = _pair_distances(QT, offs_i, offs_j, N, LD, EPS)
     diff = d_s / mu_s - d_t / mu_t
     clip = tl.minimum(tl.maximum(diff, -1.0), 1.0)
-    return diff, clip, d_s, half_inv_d_s, mu_s
-
-
-@triton.jit
-def distance_loss_kernel(QS, QT, STATS, N, LD, scale, BLOCK: tl.constexpr, EPS: tl.constexpr):
-    """Pass 2: ``STATS[2] += scale * sum Huber(psi_s - psi_t)``, ``STATS[3] += sum clip * d_s``."""
-    offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    diff, clip, d_s, _, _ = _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS)
     tl.atomic_add(STATS + 2, tl.sum(clip * (diff - 0.5 * clip)) * scale, sem="relaxed")
-    tl.atomic_add(STATS + 3, tl.sum(clip * d_s), sem="relaxed")
-
-
-@triton.jit
-def distance_grad_kernel(QS, QT, STATS, DQ, N, LD, scale, BLOCK: tl.constexpr, EPS: tl.constexpr):
-    """Pass 3: *store* (not add) the distance loss's ``dL/dQ_ij`` into ``DQ``; it runs before the angle kernel.
-
-    With ``L = scale * sum_ij h(d_ij / mu - t_ij)`` and ``mu = sum_{i != j} d_ij / (N (N-1))``::
-
-        dL/dd_ij = scale * (clip_ij / mu - K / (N (N-1))),   K = sum_kl clip_kl d_kl / mu^2
-        dL/dQ_ij = dL/dd_ij / (2 d_ij)                        (d = sqrt(Q))
-    """
-    offs_i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    offs_j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    _, clip, _, half_inv_d_s, mu_s = _distance_potentials(QS, QT, STATS, offs_i, offs_j, N, LD, EPS)
-    k = tl.load(STATS + 3) / (mu_s * mu_s)
-    dl_dd = scale * (clip / mu_s - k / (N * (N - 1)))
-    in_ij = (offs_i < N)[:, None] & (offs_j < N)[None, :]
-    tl.store(DQ + offs_i[:, None] * LD + offs_j[None, :], dl_dd * half_inv_d_s, mask=in_ij)
+    if WANT_GRAD:
+        tl.atomic_add(STATS + 3, tl.sum(clip * d_s), sem="relaxed")
+        in_ij = (offs_i < N)[:, None] & (offs_j < N)[None, :]
+        tl.store(DQ + offs_i[:, None] * LD + offs_j[None, :], (scale / mu_s) * clip * half_inv_d_s, mask=in_ij)
 
 
 # ---------------------------------------------------------------------------
@@ -278,3 +282,61 @@ def angle_kernel(
     if WANT_GRAD:
         tl.atomic_add(DQ + pairs, dq_bc * (-0.5 * weight * scale), sem="relaxed")
     tl.atomic_add(STATS + 2, tl.sum(loss_acc) * (weight * scale), sem="relaxed")
+
+
+# ---------------------------------------------------------------------------
+# The student's gradient from dL/dQ, O(N^2 D).
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def gradient_kernel(
+    X, STRIDE, MEAN, DQ, QS, STATS, G, N, LD, D, dist_scale,
+    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, EPS: tl.constexpr, WITH_DISTANCE: tl.constexpr,
+):
+    """Rows ``a`` x columns ``k`` of ``G = dL/dX`` from ``DQ = dL/dQ`` (both losses' terms).
+
+    ``L`` depends on ``X`` only through ``Q_ab = ||x_a - x_b||^2``, and
+    ``dQ_ab/dx_a = 2 (x_a - x_b)`` (likewise for ``x_b``), so with
+    ``A = DQ + DQ^T`` (diagonal left out: ``Q_aa = 0`` always)::
+
+        dL/dx_a = 2 sum_b A_ab (x_a - x_b) = 2 (rowsum(A)_a x_a - (A X)_a)
+
+    A program loops over blocks of ``b``: it adds up the row sums and
+    ``A X`` with ``tl.dot`` in full float32 (``input_precision="ieee"``, no
+    TF32). The rows are centred first (``MEAN``, the batch mean): the result
+    is the same in exact arithmetic (translation invariance), but the
+    difference of the two terms loses fewer digits. With ``WITH_DISTANCE`` it
+    also adds the distance loss's ``K`` term (see :func:`distance_kernel`),
+    ``2 * (-dist_scale K / (N (N-1))) / (2 d_ab)``, from ``QS`` and ``STATS``.
+    Padding entries of ``DQ`` are never read.
+    """
+    offs_a = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs_k = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    in_a = offs_a < N
+    in_k = offs_k < D
+    mean = tl.load(MEAN + offs_k, mask=in_k, other=0.0)
+    coef = 0.0
+    if WITH_DISTANCE:
+        pairs = N * (N - 1)
+        mu = tl.maximum(tl.load(STATS + 0) / pairs, EPS)
+        coef = -dist_scale * (tl.load(STATS + 3) / (mu * mu)) / pairs
+    rowsum = tl.zeros([BLOCK], dtype=tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    for b0 in tl.range(0, N, BLOCK):
+        offs_b = b0 + tl.arange(0, BLOCK)
+        in_b = offs_b < N
+        m = in_a[:, None] & in_b[None, :] & (offs_a[:, None] != offs_b[None, :])
+        a_ab = tl.load(DQ + offs_a[:, None] * LD + offs_b[None, :], mask=m, other=0.0)
+        a_ab += tl.load(DQ + offs_b[None, :] * LD + offs_a[:, None], mask=m, other=0.0)
+        if WITH_DISTANCE:
+            q = tl.load(QS + offs_a[:, None] * LD + offs_b[None, :], mask=m, other=0.0)
+            a_ab += tl.where(m & (q > EPS), coef / tl.sqrt(tl.maximum(q, EPS)), 0.0)
+        rowsum += tl.sum(a_ab, axis=1)
+        x_b = tl.load(X + offs_b[:, None] * STRIDE + offs_k[None, :], mask=in_b[:, None] & in_k[None, :], other=0.0)
+        x_b = tl.where(in_b[:, None], x_b.to(tl.float32) - mean[None, :], 0.0)
+        acc = tl.dot(a_ab, x_b, acc, input_precision="ieee")
+    x_a = tl.load(X + offs_a[:, None] * STRIDE + offs_k[None, :], mask=in_a[:, None] & in_k[None, :], other=0.0)
+    x_a = x_a.to(tl.float32) - mean[None, :]
+    g = 2.0 * (rowsum[:, None] * x_a - acc)
+    tl.store(G + offs_a[:, None] * D + offs_k[None, :], g, mask=in_a[:, None] & in_k[None, :])

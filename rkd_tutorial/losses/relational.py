@@ -71,7 +71,11 @@ CHUNK_ELEMENTS = 1 << 24
 
 
 def check_pair(student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: str) -> None:
-    """Raise ``ValueError`` with a helpful message unless (student, teacher) is a valid batch."""
+    """Raise ``ValueError`` with a helpful message unless (student, teacher) is a valid batch.
+
+    Shapes and dtypes are checked everywhere; the values (no NaN or inf) only
+    for CPU tensors, because on a GPU that check is a host synchronisation.
+    """
     for side, x in (("student", student), ("teacher", teacher)):
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"{name}: {side} must be a torch.Tensor, got {type(x).__name__}")
@@ -93,6 +97,11 @@ def check_pair(student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: s
             f"got {student.shape[0]}"
         )
     for side, x in (("student", student), ("teacher", teacher)):
+        if x.is_cuda:
+            # Reading a GPU value on the host would stall the pipeline on every call
+            # (issue 4). There a NaN or inf input gives a NaN loss, and
+            # rkd_tutorial.train.fit stops with a clear error at the end of the epoch.
+            continue
         if not torch.isfinite(x).all():
             raise ValueError(
                 f"{name}: {side} contains NaN or inf; check the learning rate and the "
