@@ -221,3 +221,21 @@ def test_kernels_compile_for_h100_without_spilling():
             if r["regs"] is not None:
                 assert r["spill_bytes"] == 0, r
                 assert r["regs"] <= 255, r
+
+
+@pytest.mark.skipif(not HAVE_TRITON, reason="triton is not installed")
+def test_tune_knobs_are_restored_and_tune_needs_a_gpu(capsys):
+    """``python -m rkd_tutorial.kernels.tune`` sets launch knobs only inside its block; no GPU: a clear exit."""
+    from rkd_tutorial.kernels import functions as F
+    from rkd_tutorial.kernels import tune
+
+    before = (F.ANGLE_BLOCK, F.ANGLE_WARPS, F.STAGGER)
+    with tune.knobs(ANGLE_BLOCK=32, ANGLE_WARPS=1, STAGGER=False):
+        assert (F.ANGLE_BLOCK, F.ANGLE_WARPS, F.STAGGER) == (32, 1, False)
+        assert F.launch_config(100, torch.device("cpu"))[0] == 32
+    assert (F.ANGLE_BLOCK, F.ANGLE_WARPS, F.STAGGER) == before
+    assert F.launch_config(100, torch.device("cpu"))[0] == before[0]  # the cache was cleared again
+    assert tune.SETTINGS[0][1]["ANGLE_BLOCK"] == before[0]  # the reference row is the default
+    if not torch.cuda.is_available():
+        assert tune.main(["--n", "64"]) == 2
+        assert "needs a CUDA GPU" in capsys.readouterr().err

@@ -51,6 +51,8 @@ GRAD_BLOCK = 32
 #: Angle programs resident per streaming multiprocessor: 248 registers x 128 threads
 #: (``python -m rkd_tutorial.kernels.aot``) leave room for 2 in 64K registers.
 PROGRAMS_PER_SM = 2
+#: Start each angle program at a different anchor (see ``angle_kernel``); False: all in lock-step.
+STAGGER = True
 #: Fewest anchors one angle program walks over (so the tile load pays off).
 MIN_ANCHORS_PER_PROGRAM = 8
 #: Accept an anchor split once the last wave of programs is this full on average.
@@ -145,7 +147,7 @@ def _forward(student, teacher, distance_weight, angle_weight, want_grad, block, 
         tile_b, tile_c = _tile_pairs(tiles, device)
         K.angle_kernel[grid](
             q[0], q[1], u[0], u[1], b[0], b[1], dq if want_grad else stats, stats, tile_b, tile_c,
-            n, ld, per_program, max(1, per_program // (2 * tiles)), angle_weight / n**3,
+            n, ld, per_program, max(1, per_program // (2 * tiles)) if STAGGER else 0, angle_weight / n**3,
             BLOCK=blk, STAGES=ANGLE_STAGES, WANT_GRAD=bool(want_grad), num_warps=num_warps,
         )
 
