@@ -51,6 +51,7 @@ project one.
   fused Triton kernels on CUDA, the chunked PyTorch code on the CPU), in
   float32; the networks under bfloat16 autocast, ``channels_last``, cuDNN's
   autotuning (``benchmark`` mode, for the project's steps only);
+* Adam's fused CUDA kernel (two launches for the whole update: step counters, then all parameters);
 * the frozen teacher prepared for inference: batch norm folded into the
   convolutions (:func:`~rkd_tutorial.models.fold_batchnorm`) and, on CUDA,
   its weights stored in bfloat16 (no per-step weight casts);
@@ -623,8 +624,11 @@ def build_project(
     info["loss_check_first_batch"] = loss_info
 
     def fresh_step(capturable: bool):
-        opt = torch.optim.Adam(student.parameters(), lr=LR, capturable=capturable) if cuda else \
+        # On CUDA, Adam's fused kernel: the whole update in two launches (its step counters live on
+        # the GPU, as a CUDA graph needs), instead of a dozen multi-tensor kernels.
+        opt = torch.optim.Adam(student.parameters(), lr=LR, capturable=capturable, fused=True) if cuda else \
             torch.optim.Adam(student.parameters(), lr=LR)
+        info["optimizer"] = "Adam (fused)" if cuda else "Adam"
         loss_sum = torch.zeros((), device=device)
         return make_train_step(teacher, student, opt, loss_fn, loss_sum, autocast_dtype, channels_last), loss_sum
 
@@ -986,7 +990,7 @@ def _provenance(args, device, data, steps, per_epoch, runner, eager, errors, t_s
                       "(conventional_startup_s) and warm-up not in the epoch time"),
         project=("DeviceLoader (dataset on the device) + random_crop_flip, package RKD loss in fp32 (fused Triton "
                  "kernels on CUDA), bf16 autocast + channels_last + cuDNN benchmark mode on CUDA, teacher eval + "
-                 "no_grad with batch norm folded (and bf16 weights on CUDA), losses summed "
+                 "no_grad with batch norm folded (and bf16 weights on CUDA), fused Adam on CUDA, losses summed "
                  "on the device (one sync per epoch), whole step in one CUDA graph with Adam(capturable=True) "
                  "when project_variant == 'cuda-graph' (project_eager_*: the same without the graph, Adam "
                  "default); setup (compilation, capture, warm-up) not in the epoch time; torch.compile not tried"),

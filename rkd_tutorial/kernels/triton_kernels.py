@@ -113,7 +113,11 @@ def pair_geometry_kernel(
         x_j = tl.load(X + offs_j * stride + k, mask=in_j, other=0.0).to(tl.float32)
         diff = x_i[:, None] - x_j[None, :]
         acc += diff * diff
-    pairs = side * LD * LD + offs_i[:, None] * LD + offs_j[None, :]
+    # This side's matrix (64-bit offset: 2 LD^2 can exceed 2^31), then the tile inside it.
+    Q += side.to(tl.int64) * LD * LD
+    U += side.to(tl.int64) * LD * LD
+    B += side.to(tl.int64) * LD * LD
+    pairs = offs_i[:, None] * LD + offs_j[None, :]
     valid = in_i[:, None] & in_j[None, :]
     q = tl.where(valid, acc, 0.0)
     tl.store(Q + pairs, q)
