@@ -54,6 +54,20 @@ for n, ds, dt, coincident, block, splits in json.loads(sys.argv[1]):
     for row in compare(n, ds, dt, "cpu", coincident, block=block, anchor_splits=splits):
         row["case"] = [n, ds, dt, coincident, block, splits]
         rows.append(row)
+# Inputs as callers pass them: a non-contiguous student, a teacher of another dtype.
+import torch
+from rkd_tutorial.kernels import rkd_loss
+g = torch.Generator().manual_seed(7)
+s = torch.randn(9, 21, generator=g)
+t = torch.randn(9, 6, generator=g, dtype=torch.float64)
+plain = s.clone().requires_grad_(True)
+rkd_loss(plain, t.float(), 1.0, 2.0).backward()
+odd = s.t().contiguous().t().requires_grad_(True)  # same values, column-major
+value = rkd_loss(odd, t, 1.0, 2.0)
+value.backward()
+rows.append({"case": "layout", "loss_diff": abs(float(value) - float(rkd_loss(s, t.float(), 1.0, 2.0))),
+             "grad_diff": float((odd.grad - plain.grad).abs().max()), "dtype": str(value.dtype),
+             "grad_shape": list(odd.grad.shape)})
 print("JSON:" + json.dumps(rows))
 """
 
@@ -96,7 +110,14 @@ def test_interpreter_matches_float64_direct(interpreter_rows, case):
 
 
 def test_interpreter_rows_cover_every_case(interpreter_rows):
-    assert len(interpreter_rows) == 3 * len(INTERPRETER_CASES)
+    assert len([r for r in interpreter_rows if r["case"] != "layout"]) == 3 * len(INTERPRETER_CASES)
+
+
+def test_interpreter_takes_any_layout_and_mixed_dtypes(interpreter_rows):
+    """A column-major student and a float64 teacher give the numbers of contiguous float32 inputs."""
+    (row,) = [r for r in interpreter_rows if r["case"] == "layout"]
+    assert row["loss_diff"] <= 1e-6 and row["grad_diff"] <= 1e-6, row
+    assert row["dtype"] == "torch.float32" and row["grad_shape"] == [9, 21]
 
 
 # ----------------------------------------------------------------------------- no Triton execution needed
