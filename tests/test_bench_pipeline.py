@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rkd_tutorial.bench import pipeline
+from rkd_tutorial.bench import conventional, graph_step, pipeline
 from rkd_tutorial.bench.__main__ import main
 from rkd_tutorial.data import DeviceLoader, normalize_images
 from rkd_tutorial.losses import RKDLoss
@@ -76,7 +76,7 @@ def _tiny_step():
     teacher, student = _tiny_models()
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
     loss_sum = torch.zeros(())
-    step = pipeline.make_train_step(teacher, student, opt, RKDLoss(1, 2), loss_sum)
+    step = graph_step.make_train_step(teacher, student, opt, RKDLoss(1, 2), loss_sum)
     return teacher, student, opt, loss_sum, step, torch.randn(16, 1, 28, 28), torch.arange(4).repeat(4)
 
 
@@ -104,10 +104,10 @@ def test_captured_step_keeps_what_the_graph_uses_alive():
     def build():
         teacher, student, opt, loss_sum, step, x, y = _tiny_step()
         loss = step(x, y)  # creates Adam's state, as the warm-up before a capture does
-        captured = pipeline.CapturedStep(None, x.clone(), y.clone(), loss, step)
+        captured = graph_step.CapturedStep(None, x.clone(), y.clone(), loss, step)
         state = next(iter(opt.state.values()))
         refs = [weakref.ref(o) for o in (teacher, opt, state["exp_avg"], state["exp_avg_sq"], state["step"])]
-        return pipeline.ProjectRunner("cuda-graph", captured, loss_sum, student), refs
+        return graph_step.ProjectRunner("cuda-graph", captured, loss_sum, student), refs
 
     runner, refs = build()
     gc.collect()
@@ -131,7 +131,7 @@ class _FakeStep:
 
 def _runner(variant, value):
     loss_sum = torch.zeros(())
-    return pipeline.ProjectRunner(variant, _FakeStep(loss_sum, value), loss_sum, nn.Linear(1, 1),
+    return graph_step.ProjectRunner(variant, _FakeStep(loss_sum, value), loss_sum, nn.Linear(1, 1),
                                   info={"graph_check": {"replay_loss": 0.5}, "graph_traceback": "tb"})
 
 
@@ -150,8 +150,8 @@ def test_checked_graph_runner_falls_back_to_a_fresh_eager_runner_on_a_nonfinite_
         return eager, eager_loader
 
     graph = _runner("cuda-graph", float("nan"))
-    runner, got_loader, note = pipeline.checked_graph_runner(graph, loader, build_eager)
-    assert graph.run_step.calls == pipeline.PROBE_STEPS  # a short probe, not an epoch
+    runner, got_loader, note = graph_step.checked_graph_runner(graph, loader, build_eager)
+    assert graph.run_step.calls == graph_step.PROBE_STEPS  # a short probe, not an epoch
     assert runner is eager and got_loader is eager_loader and built == [1]
     assert note and "cuda-graph -> eager" in note and "nan" in note
     assert runner.info["graph_fallback"] == note
@@ -165,19 +165,19 @@ def test_checked_graph_runner_keeps_a_finite_graph_and_does_not_probe_eager():
         raise AssertionError("no fallback expected")
 
     graph = _runner("cuda-graph", 0.5)
-    assert pipeline.checked_graph_runner(graph, loader, build_eager) == (graph, loader, None)
-    assert float(graph.loss_sum) == pytest.approx(0.5 * pipeline.PROBE_STEPS)
+    assert graph_step.checked_graph_runner(graph, loader, build_eager) == (graph, loader, None)
+    assert float(graph.loss_sum) == pytest.approx(0.5 * graph_step.PROBE_STEPS)
     eager = _runner("eager", float("nan"))
-    assert pipeline.checked_graph_runner(eager, loader, build_eager) == (eager, loader, None)
+    assert graph_step.checked_graph_runner(eager, loader, build_eager) == (eager, loader, None)
     assert eager.run_step.calls == 0
 
 
 def test_capture_refuses_cpu_batches():
     teacher, student = _tiny_models()
     opt = torch.optim.Adam(student.parameters(), lr=1e-2)
-    step = pipeline.make_train_step(teacher, student, opt, RKDLoss(1, 2), torch.zeros(()))
-    with pytest.raises(pipeline.GraphUnsafe):
-        pipeline.capture_train_step(step, [(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))])
+    step = graph_step.make_train_step(teacher, student, opt, RKDLoss(1, 2), torch.zeros(()))
+    with pytest.raises(graph_step.GraphUnsafe):
+        graph_step.capture_train_step(step, [(torch.randn(8, 1, 28, 28), torch.zeros(8, dtype=torch.long))])
 
 
 def test_sync_free_torch_loss_matches_rkdloss():
@@ -199,11 +199,11 @@ def test_both_variants_see_the_same_images_and_batches():
     # the conventional per-image transform (without augmentation) = the DeviceLoader's normalisation
     from PIL import Image
 
-    tf = pipeline.conventional_transform(augment=False)
+    tf = conventional.conventional_transform(augment=False)
     conv = torch.stack([tf(Image.fromarray(data.images[i].numpy(), mode="L")) for i in range(4)])
     assert torch.allclose(conv, normalize_images(data.images[:4]), atol=1e-6)
     # the same class-balanced batches for both, epoch by epoch
-    batches = pipeline.EpochBatches(data.batch_source(), steps=3)
+    batches = conventional.EpochBatches(data.batch_source(), steps=3)
     device_sampler = pipeline._device_sampler(data)
     for epoch in (0, 1):
         batches.set_epoch(epoch)

@@ -8,23 +8,6 @@ examples from each of 4 classes (:class:`~rkd_tutorial.data.ClassBalancedBatchSa
 ``--sampler shuffle`` for plain shuffling). The same epoch is timed two ways,
 in the same process, on whatever device is present:
 
-Known problem, and its probable cause (measured on an NVIDIA H200,
-results/bench-pipeline.json; the fix below is not yet confirmed on a GPU):
-the CUDA-graph variant's losses became NaN during the timed epoch, although
-its one-step check against eager, inside :func:`build_project`, matched. The
-graph only records addresses; the teacher and Adam's state were referenced
-by nothing but the eager step closure, a local of :func:`build_project`, so
-they were freed when it returned, and the eager baseline and the
-conventional variant then got their memory. The replays went on reading
-those "teacher weights" and writing Adam's moments into other tensors
-(a negative ``exp_avg_sq`` gives ``sqrt`` -> NaN). :class:`CapturedStep` now
-keeps the closure alive. Safeguards: :func:`checked_graph_runner` replays
-:data:`PROBE_STEPS` steps before each timed graph epoch and falls back to a
-fresh eager runner if their loss is not finite (``project_fallback``); a
-variant whose losses are not finite reports no ``speedup`` (``speedup_note``
-says why); ``eager_speedup`` compares the conventional epoch with the eager
-project one.
-
 ``conventional`` -- what the official code (github.com/lenscloth/RKD) does:
 
 * ``torchvision.datasets.FashionMNIST`` restricted to classes 0-4 with
@@ -59,7 +42,7 @@ project one.
   device and read once at the end;
 * on CUDA, the whole training step -- teacher forward, student forward, loss,
   backward, ``Adam(capturable=True).step()`` -- captured once in a CUDA graph
-  and replayed every step (:func:`capture_train_step`).
+  and replayed every step (:func:`~.graph_step.capture_train_step`).
 
 Why the graph is "the big one". At this size a step does little arithmetic
 for a GPU (the teacher's forward pass on a batch of 128 is ~117 GFLOP, a few
@@ -87,17 +70,9 @@ step (*sync-bound*). What each trick buys:
 * the CUDA graph: all the step's kernels are recorded once and replayed with
   *one* launch, so the CPU cost per step drops from milliseconds to tens of
   microseconds and the GPU runs the kernels back to back. Its constraints
-  (PyTorch's "CUDA semantics" notes, *CUDA Graphs*): fixed shapes and fixed
-  memory addresses (so inputs are copied into static buffers), no host
-  synchronisation inside the step (so the loss is called through its
-  sync-free kernel entry point, the input checks of ``RKDLoss`` having been
-  run once before capture), an optimizer whose step counter lives on the GPU
-  (``capturable=True``), autocast without its weight cache, a few
-  warm-up iterations on a side stream before capture (cuDNN/cuBLAS
-  heuristics, Triton's compilation, the optimizer's state), and Python
-  references to every tensor made before the capture that the graph uses
-  (weights, optimizer state, static buffers) for as long as it is replayed:
-  the graph itself keeps none (:class:`CapturedStep`).
+  (fixed shapes and addresses, no host synchronisation inside the step, so
+  the loss is called through its sync-free kernel entry point, a
+  ``capturable`` optimizer, ...) are listed in :mod:`.graph_step`.
 
 Every optional trick falls back to a simpler path when it fails (the
 exception text is recorded): CUDA graph -> eager; fused Triton loss -> the
@@ -105,6 +80,23 @@ package's chunked PyTorch loss; bfloat16 -> float32 where unsupported.
 ``torch.compile(mode="reduce-overhead")`` (which captures CUDA graphs for
 you) is deliberately not tried: its compilation takes tens of seconds to
 minutes, more than the whole benchmark's GPU budget.
+
+Known problem, and its probable cause (measured on an NVIDIA H200,
+results/bench-pipeline.json; the fix below is not yet confirmed on a GPU):
+the CUDA-graph variant's losses became NaN during the timed epoch, although
+its one-step check against eager, inside :func:`build_project`, matched. The
+graph only records addresses; the teacher and Adam's state were referenced
+by nothing but the eager step closure, a local of :func:`build_project`, so
+they were freed when it returned, and the eager baseline and the
+conventional variant then got their memory. The replays went on reading
+those "teacher weights" and writing Adam's moments into other tensors
+(a negative ``exp_avg_sq`` gives ``sqrt`` -> NaN). :class:`~.graph_step.CapturedStep` now
+keeps the closure alive. Safeguards: :func:`~.graph_step.checked_graph_runner` replays
+:data:`~.graph_step.PROBE_STEPS` steps before each timed graph epoch and falls back to a
+fresh eager runner if their loss is not finite (``project_fallback``); a
+variant whose losses are not finite reports no ``speedup`` (``speedup_note``
+says why); ``eager_speedup`` compares the conventional epoch with the eager
+project one.
 
 Timing: each variant first runs warm-up steps (worker start-up, cuDNN
 heuristics, Triton's compilation, graph capture: reported separately as
@@ -140,10 +132,9 @@ import os
 import statistics
 import time
 import traceback
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -151,6 +142,11 @@ import torch.nn.functional as F
 
 from ..models import fold_batchnorm
 from . import common
+from .conventional import build_conventional, conventional_epoch
+from .graph_step import (
+    GRAPH_WARMUP_ITERS, ProjectRunner, capture_train_step, checked_graph_runner, cudnn_autotune, make_train_step,
+    project_epoch,
+)
 
 #: Default teacher and student (``rkd_tutorial.models.build_backbone`` names) and their embedding widths.
 TEACHER, TEACHER_DIM = "resnet18", 512
@@ -159,10 +155,6 @@ STUDENT, STUDENT_DIM = "cnn-32-64-128", 64
 DISTANCE_WEIGHT, ANGLE_WEIGHT, LR = 1.0, 2.0, 1e-4
 #: Classes used for training (the book trains on 0-4 and tests retrieval on 5-9).
 TRAIN_CLASSES = (0, 1, 2, 3, 4)
-#: Eager iterations on a side stream before capture (the CUDA-graphs notes use 3).
-GRAPH_WARMUP_ITERS = 3
-#: Untimed steps whose mean loss is checked (one host synchronisation) before each timed CUDA-graph epoch.
-PROBE_STEPS = 3
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -201,52 +193,6 @@ def train_indices(labels: torch.Tensor, limit: Optional[int] = None) -> torch.Te
     return idx[:limit] if limit is not None else idx
 
 
-def conventional_transform(augment: bool = True):
-    """The per-image torchvision transform of the conventional pipeline (PIL image -> normalised tensor)."""
-    from torchvision import transforms
-
-    from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-
-    steps = [transforms.RandomCrop(28, padding=2), transforms.RandomHorizontalFlip()] if augment else []
-    steps += [transforms.ToTensor(), transforms.Normalize((FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,))]
-    return transforms.Compose(steps)
-
-
-class EpochBatches:
-    """A ``batch_sampler`` whose epoch and length can be set: ``steps`` batches of epoch ``epoch``.
-
-    Wraps the class-balanced sampler (or plain shuffling) so that the warm-up
-    and the timed epochs of a *persistent-worker* ``DataLoader`` can have
-    different lengths: the loader asks for ``iter(batch_sampler)`` at the
-    start of every epoch.
-    """
-
-    def __init__(self, batches_of_epoch: Callable[[int], torch.Tensor], steps: int) -> None:
-        self.batches_of_epoch = batches_of_epoch
-        self.epoch = 0
-        self.steps = steps
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        yield from self.batches_of_epoch(self.epoch)[: self.steps].tolist()
-
-
-def _shuffled_batches(n: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
-    from ..data.sampler import epoch_seed
-
-    def batches(epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-        order = torch.randperm(n, generator=g)
-        return order[: (n // batch_size) * batch_size].view(-1, batch_size)
-
-    return batches
-
-
 @dataclass
 class Data:
     """Both views of the same training images."""
@@ -282,6 +228,17 @@ def load_data(limit, batch_size, m_per_class, sampler, seed) -> Data:
     images, labels = load_fashion_mnist(train=True)  # makes sure the raw files exist
     idx = train_indices(labels, limit)
     return Data(images[idx], labels[idx], idx, default_root(), batch_size, m_per_class, sampler, seed)
+
+
+def _shuffled_batches(n: int, batch_size: int, seed: int) -> Callable[[int], torch.Tensor]:
+    from ..data.sampler import epoch_seed
+
+    def batches(epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        order = torch.randperm(n, generator=g)
+        return order[: (n // batch_size) * batch_size].view(-1, batch_size)
+
+    return batches
 
 
 # ----------------------------------------------------------------------------- models and losses
@@ -364,188 +321,7 @@ def project_loss(device: torch.device, s_example: torch.Tensor, t_example: torch
         return _torch_rkd_sync_free, "RKDLoss chunked PyTorch (Triton failed)", info
 
 
-# ----------------------------------------------------------------------------- the project's training step
-
-
-def make_train_step(
-    teacher: nn.Module,
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    loss_sum: torch.Tensor,
-    autocast_dtype: Optional[torch.dtype] = None,
-    channels_last: bool = False,
-) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The project's whole training step as one closure ``step(x, y) -> loss``.
-
-    Teacher forward (``no_grad``), student forward, RKD loss in float32,
-    backward, optimizer step, and ``loss_sum += loss`` on the device: no
-    ``.item()``, no Python branch on a tensor's value, the same shapes every
-    call, so the *same* closure runs eagerly (CPU, warm-up, fallback) and
-    inside :func:`capture_train_step`. ``zero_grad(set_to_none=True)``
-    first: eagerly it frees the old gradients; under capture it makes the
-    backward pass allocate the ``.grad`` tensors from the graph's private
-    memory pool, as the whole-network-capture recipe requires. ``y`` is
-    unused (RKD for metric learning has no task loss) but part of the
-    signature so that a task loss could be added.
-    """
-    device_type = next(student.parameters()).device.type
-    autocast = (
-        (lambda: torch.autocast(device_type, dtype=autocast_dtype, cache_enabled=False))
-        if autocast_dtype is not None
-        else contextlib.nullcontext
-    )
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            with torch.no_grad():
-                t = teacher(x).embedding
-            s = student(x).embedding
-        loss = loss_fn(s.float(), t.float())
-        loss.backward()
-        optimizer.step()
-        loss = loss.detach()
-        loss_sum.add_(loss)
-        return loss
-
-    return step
-
-
-class GraphUnsafe(RuntimeError):
-    """The step synchronises with the host, so it cannot be captured."""
-
-
-def _sync_warnings(fn: Callable[[], object]) -> List[str]:
-    """Run ``fn`` with CUDA's sync-debug mode on "warn"; the distinct synchronisation warnings it raised."""
-    try:
-        torch.cuda.set_sync_debug_mode("warn")
-    except Exception:  # noqa: BLE001 - the check is optional
-        fn()
-        return []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fn()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    found = {str(w.message).strip().splitlines()[0][:300] for w in caught if "synchroniz" in str(w.message).lower()}
-    return sorted(found)
-
-
-@dataclass
-class CapturedStep:
-    """A training step recorded in a CUDA graph, replayed on new data with :meth:`__call__`.
-
-    The graph holds raw addresses, not Python references. What it allocated
-    during the capture (activations, the ``.grad`` tensors, ``static_loss``)
-    lives in its private memory pool and stays valid as long as ``graph``
-    does; but the tensors made *before* the capture -- the teacher's and the
-    student's weights, Adam's ``exp_avg``/``exp_avg_sq``/``step`` tensors,
-    ``loss_sum``, ``static_x`` -- are read and written in place by every
-    replay, and nothing in the graph keeps them alive. If their last Python
-    reference goes, the caching allocator hands their memory to the next
-    tensors of the same size, and the replays silently read and overwrite
-    those. ``step`` (the eager closure, which references the models, the
-    optimizer and ``loss_sum``) is kept here for that reason only: it is
-    never called after the capture.
-    """
-
-    graph: "torch.cuda.CUDAGraph"
-    static_x: torch.Tensor
-    static_y: torch.Tensor
-    static_loss: torch.Tensor
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # keeps the graph's outside memory alive
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.static_x.copy_(x)   # fill the graph's input memory (same addresses every replay) ...
-        self.static_y.copy_(y)
-        self.graph.replay()      # ... and run every kernel of the step with one launch
-        return self.static_loss
-
-
-def capture_train_step(
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    warmup_batches: Iterable[tuple],
-    check_syncs: bool = True,
-) -> CapturedStep:
-    """Capture ``step`` (from :func:`make_train_step`) in one CUDA graph: "whole-network capture".
-
-    The recipe of PyTorch's CUDA-semantics notes: static input buffers; a few
-    eager iterations of the step on a side stream (``warmup_batches``, real
-    batches because they include ``optimizer.step()``), which run cuDNN's
-    and cuBLAS's heuristics, Triton's compilation and create the optimizer's
-    state; then the capture, on the same side stream. The last warm-up
-    iteration runs with CUDA's sync-debug mode on: a host synchronisation
-    there would break the capture, so :class:`GraphUnsafe` is raised instead
-    of trying. Raises on any failure; the caller falls back to eager steps.
-    The result keeps ``step``, and with it the models and the optimizer,
-    alive for as long as the graph can be replayed (see :class:`CapturedStep`).
-    """
-    if not torch.cuda.is_available():
-        raise GraphUnsafe("no CUDA device: CUDA graphs need one")
-    batches = list(warmup_batches)
-    if not batches:
-        raise ValueError("capture_train_step needs at least one warm-up batch")
-    x0, y0 = batches[0]
-    if x0.device.type != "cuda":
-        raise GraphUnsafe(f"the batch is on {x0.device}; CUDA graphs need CUDA tensors")
-    static_x = torch.empty_like(x0)
-    static_y = torch.empty_like(y0)
-    side = torch.cuda.Stream(x0.device)
-    side.wait_stream(torch.cuda.current_stream(x0.device))
-    syncs: List[str] = []
-    with torch.cuda.stream(side):
-        for i, (x, y) in enumerate(batches):
-            static_x.copy_(x)
-            static_y.copy_(y)
-            if check_syncs and i == len(batches) - 1:
-                syncs = _sync_warnings(lambda: step(static_x, static_y))
-            else:
-                step(static_x, static_y)
-    torch.cuda.current_stream(x0.device).wait_stream(side)
-    torch.cuda.synchronize(x0.device)
-    if syncs:
-        raise GraphUnsafe("the step synchronises with the host: " + " | ".join(syncs))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=side):
-        static_loss = step(static_x, static_y)
-    torch.cuda.synchronize(x0.device)
-    return CapturedStep(graph, static_x, static_y, static_loss, step)
-
-
-@dataclass
-class ProjectRunner:
-    """The project's step, ready to time: ``runner(x, y)`` runs one step (graph replay or eager)."""
-
-    variant: str                                    # "cuda-graph" or "eager"
-    run_step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    loss_sum: torch.Tensor
-    student: nn.Module
-    setup_s: float = 0.0
-    info: dict = field(default_factory=dict)
-    cudnn_autotune: bool = False                    # cuDNN's benchmark mode during the project's steps only
-
-    def __call__(self, x, y):
-        with cudnn_autotune(self.cudnn_autotune):
-            return self.run_step(x, y)
-
-
-@contextlib.contextmanager
-def cudnn_autotune(enabled: bool):
-    """``torch.backends.cudnn.benchmark = True`` inside the block (if ``enabled``), restored after.
-
-    With fixed shapes, cuDNN times its convolution algorithms once per shape and
-    keeps the fastest. Scoped, so that the conventional variant keeps PyTorch's defaults.
-    """
-    prev = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = prev or enabled
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = prev
+# ----------------------------------------------------------------------------- the project's variant, built
 
 
 def _exc_text(exc: BaseException, limit: int = 2000) -> str:
@@ -691,96 +467,6 @@ def _device_sampler(data: Data):
     return ClassBalancedBatchSampler(data.labels, data.m_per_class, data.batch_size, seed=data.seed)
 
 
-def project_epoch(runner: ProjectRunner, loader, epoch: int, steps: int) -> int:
-    """One epoch of the project variant: ``steps`` batches of ``epoch``; no host synchronisation inside."""
-    loader.set_epoch(epoch)
-    n = 0
-    for x, y in loader:
-        runner(x, y)
-        n += 1
-        if n >= steps:
-            break
-    return n
-
-
-def probe_loss(runner: ProjectRunner, loader, steps: int = PROBE_STEPS) -> float:
-    """Mean loss of ``steps`` untimed steps of ``runner`` (the first batches of epoch 0); one host sync."""
-    runner.loss_sum.zero_()
-    n = project_epoch(runner, loader, 0, steps)
-    return float(runner.loss_sum) / max(1, n)
-
-
-def checked_graph_runner(runner: ProjectRunner, loader, build_eager: Callable[[], tuple]) -> tuple:
-    """``(runner, loader, note)``: the CUDA-graph runner if a short probe gives a finite loss, else eager.
-
-    Called just before a CUDA-graph epoch is timed, when everything else (the
-    eager baseline, the conventional variant) has allocated its memory: a
-    graph that reads or writes memory it no longer owns shows it here, after
-    :data:`PROBE_STEPS` steps, instead of after a whole NaN epoch. On a
-    non-finite loss, ``build_eager()`` makes a *fresh* eager runner (the
-    graph's student has diverged, and its replays may have overwritten
-    other tensors); ``note`` says why and is also stored in its ``info``.
-    Other runners are returned unchanged, with ``note`` None.
-    """
-    if runner.variant != "cuda-graph":
-        return runner, loader, None
-    loss = probe_loss(runner, loader)
-    if math.isfinite(loss):
-        return runner, loader, None
-    note = (f"cuda-graph -> eager: mean loss {loss} over {PROBE_STEPS} replays before the timed epoch "
-            "(the graph's setup checks had passed)")
-    print(f"  {note}", flush=True)
-    eager, eager_loader = build_eager()
-    eager.info["graph_fallback"] = note
-    eager.info["graph_variant_info"] = {k: v for k, v in runner.info.items() if k != "graph_traceback"}
-    return eager, eager_loader, note
-
-
-# ----------------------------------------------------------------------------- the conventional pipeline
-
-
-def build_conventional(data: Data, device: torch.device, workers: int, steps: int):
-    """Dataset, batch sampler and ``DataLoader`` of the conventional variant."""
-    import torchvision
-    from torch.utils.data import DataLoader, Subset
-
-    full = torchvision.datasets.FashionMNIST(str(data.root), train=True, transform=conventional_transform(),
-                                             download=False)
-    dataset = Subset(full, data.indices.tolist())
-    batches = EpochBatches(data.batch_source(), steps)
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-    return loader, batches
-
-
-def conventional_epoch(loader, batches: EpochBatches, epoch: int, steps: int, teacher, student, optimizer,
-                       device: torch.device, first: Optional[list] = None) -> List[float]:
-    """One epoch as the official code runs it; returns the per-step losses (read with ``.item()``).
-
-    ``first``, if given, receives the seconds from ``iter(loader)`` to the
-    first batch (worker start-up on the first epoch of a persistent loader).
-    """
-    batches.set_epoch(epoch)
-    batches.steps = steps
-    losses: List[float] = []
-    t0 = time.perf_counter()
-    for x, y in loader:
-        if first is not None and not losses:
-            first.append(time.perf_counter() - t0)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.no_grad():
-            t = teacher(x).embedding
-        s = student(x).embedding
-        loss = direct_rkd(s, t)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
 # ----------------------------------------------------------------------------- timing
 
 
@@ -818,14 +504,16 @@ def time_conventional(data, device, workers, steps, warmup_steps, epochs, teache
     optimizer = torch.optim.Adam(student.parameters(), lr=LR)
     loader, batches = build_conventional(data, device, workers, steps)
     first: list = []
-    warm = conventional_epoch(loader, batches, 0, max(1, warmup_steps), teacher, student, optimizer, device, first)
+    warm = conventional_epoch(loader, batches, 0, max(1, warmup_steps), teacher, student, optimizer, direct_rkd,
+                              device, first)
     common.synchronize(device)
     row["conventional_startup_s"] = _r(first[0]) if first else None
     row["conventional_warmup_s"] = _r(time.perf_counter() - t0)
     walls, gpus, means = [], [], []
     for e in range(1, epochs + 1):
         losses, wall, gpu = timed(
-            lambda e=e: conventional_epoch(loader, batches, e, steps, teacher, student, optimizer, device), device)
+            lambda e=e: conventional_epoch(loader, batches, e, steps, teacher, student, optimizer, direct_rkd,
+                                           device), device)
         walls.append(wall)
         gpus.append(gpu)
         means.append(sum(losses) / len(losses))
@@ -893,9 +581,9 @@ def profile_variants(k, data, device, runner, project_loader, workers, teacher_c
         student = copy.deepcopy(student_cpu).to(device).train()
         opt = torch.optim.Adam(student.parameters(), lr=LR)
         loader, batches = build_conventional(data, device, workers, k)
-        conventional_epoch(loader, batches, 0, min(k, 2), teacher, student, opt, device)
+        conventional_epoch(loader, batches, 0, min(k, 2), teacher, student, opt, direct_rkd, device)
         out["conventional"] = _profile_table(
-            lambda: conventional_epoch(loader, batches, 1001, k, teacher, student, opt, device), device)
+            lambda: conventional_epoch(loader, batches, 1001, k, teacher, student, opt, direct_rkd, device), device)
         loader = batches = None  # shuts the persistent workers down
     except Exception as exc:  # noqa: BLE001
         out["conventional_error"] = _exc_text(exc)
