@@ -232,11 +232,11 @@ def _can_compile_for_sm90() -> bool:
 
 @pytest.mark.skipif(not _can_compile_for_sm90(), reason="needs Triton's NVIDIA backend (ptxas), not the interpreter")
 def test_kernels_compile_for_h100_without_spilling():
-    """Triton -> PTX -> ptxas for sm_90 (H100/H200) on this machine: catches what the interpreter cannot."""
+    """Triton -> PTX -> ptxas for sm_90 (H100/H200) and sm_75 (T4) here: catches what the interpreter cannot."""
     from rkd_tutorial.kernels.aot import compile_all
 
-    for divisible in (True, False):
-        rows = compile_all(90, divisible=divisible)
+    for arch, divisible in ((90, True), (90, False), (75, True)):  # H100/H200; Colab's T4
+        rows = compile_all(arch, divisible=divisible)
         assert {r["kernel"] for r in rows} >= {"pair_geometry", "angle(WANT_GRAD=True)", "distance", "gradient"}
         for r in rows:
             if r["regs"] is not None:
