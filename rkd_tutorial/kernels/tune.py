@@ -36,6 +36,7 @@ SETTINGS = [
     ("8 warps", dict(ANGLE_BLOCK=64, ANGLE_WARPS=8, ANGLE_STAGES=3, PROGRAMS_PER_SM=1)),
     ("lock-step anchors", dict(ANGLE_BLOCK=64, ANGLE_WARPS=4, ANGLE_STAGES=3, PROGRAMS_PER_SM=2, STAGGER=False)),
     ("32-tiles, 1 warp (no cross-warp sums)", dict(ANGLE_BLOCK=32, ANGLE_WARPS=1, ANGLE_STAGES=3, PROGRAMS_PER_SM=8)),
+    ("32-tiles, 1 warp, no prefetch", dict(ANGLE_BLOCK=32, ANGLE_WARPS=1, ANGLE_STAGES=1, PROGRAMS_PER_SM=8)),
     ("32-tiles, 2 warps", dict(ANGLE_BLOCK=32, ANGLE_WARPS=2, ANGLE_STAGES=3, PROGRAMS_PER_SM=4)),
 ]
 
