@@ -30,8 +30,6 @@ import torch.nn as nn
 
 #: Eager iterations on a side stream before capture (the CUDA-graphs notes use 3).
 GRAPH_WARMUP_ITERS = 3
-
-
 #: Untimed steps whose mean loss is checked (one host synchronisation) before each timed CUDA-graph epoch.
 PROBE_STEPS = 3
 
