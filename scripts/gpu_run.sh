@@ -13,7 +13,7 @@
 #
 # Usage, on the device (a copy of the working tree):
 #   bash scripts/gpu_run.sh --prepare           # HERE, before: fills .carry/ (data files, commit)
-#   OUT=$OUT bash scripts/gpu_run.sh            # all steps, about 10-11 minutes on an H100/H200
+#   OUT=$OUT bash scripts/gpu_run.sh            # all steps, about 10-11 minutes (over one device call's 10)
 #   OUT=$OUT STEPS="tests tune losses pipeline" bash scripts/gpu_run.sh   # ~4-5 min
 #   OUT=$OUT STEPS="full" bash scripts/gpu_run.sh                         # ~5-6 min
 # with the device tool's carry=[".carry"]. Each step has its own time limit (T_TESTS, T_TUNE,
