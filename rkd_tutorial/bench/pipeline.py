@@ -145,7 +145,7 @@ from . import common
 from .conventional import build_conventional, conventional_epoch
 from .graph_step import (
     GRAPH_WARMUP_ITERS, ProjectRunner, capture_train_step, checked_graph_runner, cudnn_autotune, make_train_step,
-    project_epoch,
+    probe_loss, project_epoch,
 )
 
 #: Default teacher and student (``rkd_tutorial.models.build_backbone`` names) and their embedding widths.
@@ -328,6 +328,14 @@ def _exc_text(exc: BaseException, limit: int = 2000) -> str:
     return f"{type(exc).__name__}: {exc}"[:limit]
 
 
+def _report(errors: List[str], label: str, exc: BaseException) -> str:
+    """Record a failed part of the run as ``label: exception`` in ``errors``, print its traceback; the text."""
+    text = _exc_text(exc)
+    errors.append(f"{label}: {text}")
+    traceback.print_exc()
+    return text
+
+
 def _cudnn_autotuned(build):
     """Run ``build(data, device, ...)`` with cuDNN's autotuning on CUDA, and keep it on for the runner's steps."""
 
@@ -451,9 +459,7 @@ def build_project(
         runner = ProjectRunner("eager", step, loss_sum, student, info=info)
 
     # The remaining warm-up steps through the timed code path.
-    runner.loss_sum.zero_()
-    n = project_epoch(runner, loader, 0, warmup_steps) if warmup_steps > 0 else 0
-    info["warmup_loss"] = float(runner.loss_sum) / max(1, n)
+    info["warmup_loss"] = probe_loss(runner, loader, warmup_steps) if warmup_steps > 0 else 0.0
     common.synchronize(device)
     runner.setup_s = time.perf_counter() - t0
     return runner, loader
@@ -711,8 +717,7 @@ def run(args) -> int:
         print(f"  project: {runner.variant}, loss {runner.info.get('loss')}, setup {runner.setup_s:.1f} s",
               flush=True)
     except Exception as exc:  # noqa: BLE001 - keep the conventional numbers
-        errors.append("project: " + _exc_text(exc))
-        traceback.print_exc()
+        _report(errors, "project", exc)
     if runner is not None and runner.variant == "cuda-graph" and not args.no_eager_baseline:
         try:
             eager, eager_loader = build_project(data, device, teacher_cpu, student_cpu, args.warmup_steps,
@@ -731,9 +736,7 @@ def run(args) -> int:
             row.update(time_conventional(data, device, w, steps, args.warmup_steps, args.epochs,
                                          teacher_cpu, student_cpu))
         except Exception as exc:  # noqa: BLE001
-            row["conventional_error"] = _exc_text(exc)
-            errors.append(f"conventional workers={w}: " + row["conventional_error"])
-            traceback.print_exc()
+            row["conventional_error"] = _report(errors, f"conventional workers={w}", exc)
         if runner is not None:
             try:
                 runner, project_loader, note = checked_graph_runner(
@@ -745,9 +748,7 @@ def run(args) -> int:
                 row.update(time_project(runner, project_loader, device, steps, args.epochs))
                 row["project_variant"] = runner.variant
             except Exception as exc:  # noqa: BLE001
-                row["project_error"] = _exc_text(exc)
-                errors.append(f"project workers={w}: " + row["project_error"])
-                traceback.print_exc()
+                row["project_error"] = _report(errors, f"project workers={w}", exc)
         if eager is not None:
             try:
                 row.update(time_project(eager, eager_loader, device, steps, args.epochs, prefix="project_eager"))

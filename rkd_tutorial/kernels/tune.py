@@ -56,23 +56,9 @@ def knobs(**values):
         F.launch_config.cache_clear()
 
 
-def _time_ms(fn, reps: int) -> float:
-    for _ in range(3):  # compile, warm up
-        fn()
-    torch.cuda.synchronize()
-    samples = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    samples.sort()
-    return samples[len(samples) // 2]
-
-
 def measure(ns, reps: int = 10, ds: int = 128, dt: int = 512) -> list[dict]:
+    from ..bench.common import time_ms
+
     rows = []
     for n in ns:
         g = torch.Generator(device="cuda").manual_seed(n)
@@ -89,7 +75,8 @@ def measure(ns, reps: int = 10, ds: int = 128, dt: int = 512) -> list[dict]:
                         loss.backward()
                         return loss
 
-                    row["ms"] = round(_time_ms(call, reps), 4)
+                    ms, _ = time_ms(call, torch.device("cuda"), reps, warmup=3, budget_s=10.0)  # first calls compile
+                    row["ms"] = round(ms, 4)
                     loss = call().detach().double()
                     grad = s.grad.detach().double()
                 if reference is None:
