@@ -28,11 +28,12 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import torchvision
+
+from ..provenance import write_atomic
 
 FASHION_CLASSES: tuple[str, ...] = (
     "T-shirt/top",
@@ -88,19 +89,17 @@ def _has_raw_files(root: Path) -> bool:
 def _gunzip_atomically(src: Path, dst: Path) -> None:
     """Decompress ``src`` to ``dst`` so that ``dst`` is either absent or complete.
 
-    We write to a temporary file in the same folder and rename it with
-    :func:`os.replace`, which is atomic on one file system: an interrupted run
-    (Ctrl-C, full disk) never leaves a truncated file that a later run would
-    trust.
+    :func:`rkd_tutorial.provenance.write_atomic` writes a temporary file in the
+    same folder and renames it with :func:`os.replace`, which is atomic on one
+    file system: an interrupted run (Ctrl-C, full disk) never leaves a
+    truncated file that a later run would trust.
     """
-    fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
-    try:
-        with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+
+    def gunzip(tmp: str) -> None:
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
             shutil.copyfileobj(fin, fout, length=1 << 20)
-        os.replace(tmp_name, dst)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    write_atomic(dst, gunzip)
 
 
 def _copy_from_debian(root: Path) -> bool:
