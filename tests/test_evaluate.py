@@ -30,8 +30,10 @@ def test_recall_excludes_the_query_itself():
 def test_recall_bad_input():
     with pytest.raises(ValueError, match="1..N-1"):
         recall_at_k(torch.randn(4, 2), torch.zeros(4, dtype=torch.long), (8,))
-    with pytest.raises(ValueError, match="N x D"):
+    with pytest.raises(ValueError, match="expects 4 labels"):
         recall_at_k(torch.randn(4, 2), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="N x D"):
+        recall_at_k(torch.randn(4), torch.zeros(4, dtype=torch.long))
 
 
 def test_embed_and_accuracy_shapes():

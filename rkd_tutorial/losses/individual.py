@@ -9,8 +9,10 @@ The three baselines the RKD paper compares with (Section 4):
   learnable regressor maps the student's features to the teacher's width; the
   hint loss is the squared error between them.
 * Attention transfer (AT): Zagoruyko, Komodakis, *Paying More Attention to
-  Attention*, ICLR 2017. Spatial attention maps (the channel mean of squared
-  activations, L2-normalised) of several stages, compared with squared error.
+  Attention*, ICLR 2017. Spatial attention maps (the channel mean of
+  ``|activation|^p``, L2-normalised) of several stages, compared with squared
+  error and summed over the stages, as the official RKD code, RepDistiller
+  and torchdistill do.
 
 All of them compare student and teacher example by example; none looks at how
 examples relate to each other. That is what RKD (``relational.py``) adds.
@@ -88,21 +90,27 @@ class FitNetHint(nn.Module):
 
 
 def attention_map(features: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """Spatial attention of a feature map: ``normalize(mean_c |A_c|^p)``, flattened (Eq. 2 of AT)."""
+    """Spatial attention of a feature map: ``normalize(mean_c |A_c|^p)``, flattened (Eq. 2 of AT).
+
+    ``|A_c|^p`` as in the AT paper; the official code writes ``A.pow(p)``, the
+    same for the paper's ``p = 2`` (and for post-ReLU features at any ``p``).
+    """
     if features.dim() != 4:
         raise ValueError(f"attention_map expects N x C x H x W features, got shape {tuple(features.shape)}")
-    return F.normalize(features.pow(p).mean(dim=1).flatten(1), dim=1)
+    return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
 def attention_loss(
     student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor], p: int = 2
 ) -> torch.Tensor:
-    """Attention transfer: mean over stages of ``mean((Q_s - Q_t)^2)``.
+    """Attention transfer: the **sum** over stages of ``mean((Q_s - Q_t)^2)``.
 
     ``student_features`` and ``teacher_features`` list the feature maps of
     matching stages; their channel counts may differ, the attention maps do
     not have channels. Student maps are pooled to the teacher's spatial size
-    where they differ.
+    where they differ. Summed over stages like the official RKD code
+    (``at_ratio * (AT(b2) + AT(b3) + AT(b4))``), RepDistiller and torchdistill,
+    so a weight means the same as theirs (the official metric runs use 50).
     """
     if len(student_features) != len(teacher_features) or not student_features:
         raise ValueError(
@@ -114,7 +122,7 @@ def attention_loss(
         if s.shape[-2:] != t.shape[-2:]:
             s = F.adaptive_avg_pool2d(s, t.shape[-2:])
         total = total + (attention_map(s, p) - attention_map(t.detach(), p)).pow(2).mean()
-    return total / len(student_features)
+    return total
 
 
 class AttentionLoss(nn.Module):

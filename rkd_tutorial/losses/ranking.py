@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .relational import check_pair, pairwise_distances
+from .relational import _pair, check_pair, pairwise_distances
 
 __all__ = ["hard_darkrank_loss", "HardDarkRank"]
 
@@ -39,9 +39,10 @@ def hard_darkrank_loss(
     as in the official RKD code). Averaged over queries.
     """
     check_pair(student, teacher, min_n=list_length + 1, name="hard_darkrank_loss")
+    student, teacher = _pair(student, teacher)   # half precision upcast: d^3 overflows float16 at d > 30
     n = student.shape[0]
     eye = torch.eye(n, dtype=torch.bool, device=student.device)
-    score_t = _scores(teacher.detach(), alpha, beta).masked_fill(eye, float("-inf"))
+    score_t = _scores(teacher, alpha, beta).masked_fill(eye, float("-inf"))
     score_s = _scores(student, alpha, beta)
     order = score_t.topk(list_length, dim=1).indices             # N x k, the teacher's list
     ordered = score_s.gather(1, order)                           # student's scores, in that order

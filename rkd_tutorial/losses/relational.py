@@ -26,26 +26,41 @@ Conventions, those of the official code (github.com/lenscloth/RKD): the
 diagonal of the distance matrix is 0; angle entries whose ``b`` or ``c`` equals
 the anchor are 0 (a zero vector normalises to zero); the mean runs over all
 ``N^2`` (``N^3``) entries, degenerate ones included; the teacher side carries no
-gradient. One deliberate difference: the mean distance ``mu`` is taken over the
-``N (N - 1)`` off-diagonal pairs, where the official code averages the positive
-distances. The two agree unless two points coincide; ours needs no boolean
-mask, so it never synchronises with the GPU.
+gradient. The mean distance ``mu`` is taken over the ``N (N - 1)`` off-diagonal
+pairs; the official ``d[d > 0].mean()`` is the same average, because its
+distances are clamped to at least ``1e-6`` before the mask (``sqrt`` of
+``clamp(d^2, 1e-12)``), so every off-diagonal pair counts there too. Ours needs
+no boolean mask, so it never synchronises with the GPU.
+
+Coincident points. Both losses use one rule: two points closer than
+:data:`EPS` coincide. Their distance is 0 (the official code gives them
+``1e-6``, a difference of ``1e-6 / mu`` in one entry) and their direction is
+the zero vector, and neither carries a gradient.
+
+Precision. Inputs in float16 or bfloat16 are upcast to float32 inside the
+losses (a squared distance above 65504 overflows float16), and the loss comes
+back in float32. Distances are computed from the differences ``x_i - x_j``
+(:func:`torch.cdist` without the Gram-matrix shortcut), so a large common
+offset or coincident points cost no accuracy.
 
 The student and the teacher may have different widths (``Ds != Dt``): only
 relations among examples are compared, never the coordinates themselves.
 
 Memory. The direct angle formulation builds the ``N x N x D`` tensor of
-differences (19 GiB at N = 1024, D = 512 in float32, forward and backward).
-:func:`rkd_angle_loss` instead walks over chunks of anchors and computes the
-loss *and* its gradient in the same pass (Eq. (7) has a closed-form gradient,
-derived in :class:`_AngleLossFunction`), so its peak memory is ``O(N^2)`` plus
-one chunk, in the backward pass too.
+differences (about 21 GiB at N = 1024, D = 512 in float32, forward and
+backward: measured in chapter 3). :func:`rkd_angle_loss` instead walks over
+chunks of anchors and computes the loss *and* its gradient in the same pass
+(Eq. (7) has a closed-form gradient, derived in :class:`_AngleLossFunction`),
+so its peak memory is ``O(N^2)`` plus one chunk, in the backward pass too.
+The price: RKD-A can be differentiated once, not twice (a second derivative,
+e.g. a gradient penalty, raises an error that says so; RKD-D can).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -63,7 +78,7 @@ __all__ = [
     "RKDLoss",
 ]
 
-#: Norms below this count as zero: a coincident pair has no direction.
+#: Two points closer than this coincide: distance 0, direction the zero vector, no gradient.
 EPS = 1e-12
 
 #: Elements of one anchor chunk (``chunk x N x (N + D)``) the angle loss may hold at once.
@@ -98,9 +113,9 @@ def check_pair(student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: s
         )
     for side, x in (("student", student), ("teacher", teacher)):
         if x.is_cuda:
-            # Reading a GPU value on the host would stall the pipeline on every call
-            # (issue 4). There a NaN or inf input gives a NaN loss, and
-            # rkd_tutorial.train.fit stops with a clear error at the end of the epoch.
+            # Reading a GPU value on the host would stall the pipeline on every call.
+            # There a NaN or inf input gives a NaN loss, and rkd_tutorial.train.fit
+            # stops with a clear error at the end of the epoch.
             continue
         if not torch.isfinite(x).all():
             raise ValueError(
@@ -109,31 +124,38 @@ def check_pair(student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: s
             )
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """float16 / bfloat16 to float32 (the losses' arithmetic needs its range); others as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _pair(student: torch.Tensor, teacher: torch.Tensor):
+    """The student upcast (:func:`_upcast`), and the teacher detached in the student's dtype."""
+    student = _upcast(student)
+    return student, teacher.detach().to(student.dtype)
+
+
 def _centered(x: torch.Tensor) -> torch.Tensor:
-    # Relations are translation invariant; centring first keeps the Gram-matrix
-    # formula ||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j> accurate in float32.
+    # Relations are translation invariant; centring keeps the differences below accurate.
     return x - x.mean(dim=0, keepdim=True)
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     """Euclidean distances ``||x_i - x_j||`` of the rows of ``x``: ``N x N``, zero diagonal.
 
-    Computed from the Gram matrix, ``||x_i||^2 + ||x_j||^2 - 2 <x_i, x_j>``, after
-    centring (which leaves distances unchanged). Coincident pairs get distance
-    ``sqrt(EPS)`` and zero gradient instead of the NaN gradient of ``sqrt`` at 0.
+    Computed from the differences (``torch.cdist`` without its Gram-matrix
+    shortcut), so coincident rows give exactly 0. Pairs closer than
+    :data:`EPS` count as coincident: distance 0 and no gradient.
     """
-    x = _centered(x)
-    sq = x.pow(2).sum(dim=1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x @ x.t())
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    return torch.where(eye, torch.zeros_like(d2), d2.clamp_min(EPS).sqrt())
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    return torch.where(d > EPS, d, torch.zeros_like(d))
 
 
 def distance_potential(x: torch.Tensor) -> torch.Tensor:
     """Normalised pairwise distances ``psi_D`` (Eq. 3-4): an ``N x N`` matrix.
 
     ``d_ij = ||x_i - x_j||`` (:func:`pairwise_distances`) divided by the mean
-    of the ``N (N - 1)`` off-diagonal distances.
+    of the ``N (N - 1)`` off-diagonal distances. All points coincident: all 0.
     """
     n = x.shape[0]
     d = pairwise_distances(x)
@@ -164,6 +186,12 @@ def _unit_differences(x: torch.Tensor, anchors: torch.Tensor):
     return v * inv_norm, inv_norm
 
 
+#: Set when the fused kernels failed once in this process; the PyTorch path is used from then on.
+_KERNELS_FAILED = False
+#: Where the fused kernels run.
+_KERNEL_DEVICES = ("cuda",)
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """The fused Triton kernels (:mod:`rkd_tutorial.kernels`), or None where Triton is missing."""
@@ -175,8 +203,32 @@ def _kernels():
 
 
 def _fused(student: torch.Tensor):
-    """The Triton kernels where they apply (a CUDA student below float64), else None."""
-    return _kernels() if student.is_cuda and student.dtype != torch.float64 else None
+    """The Triton kernels where they apply (a CUDA student in float32), else None."""
+    if _KERNELS_FAILED or student.device.type not in _KERNEL_DEVICES or student.dtype != torch.float32:
+        return None
+    return _kernels()
+
+
+def _run_fused(fused, student, teacher, distance_weight, angle_weight):
+    """The fused kernels' loss, or None (after one warning) where Triton cannot compile or run them.
+
+    A Triton that imports but cannot build kernels for this GPU or driver (an old
+    GPU, a missing compiler) must not stop training: the PyTorch path computes
+    the same loss, only more slowly.
+    """
+    global _KERNELS_FAILED
+    try:
+        return fused.rkd_loss(student, teacher, distance_weight, angle_weight)
+    except Exception as err:  # triton's CompilationError, OutOfResources, a driver's RuntimeError...
+        _KERNELS_FAILED = True
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        warnings.warn(
+            f"rkd_tutorial: the fused Triton kernels failed here ({type(err).__name__}: {first_line}); "
+            "RKD uses the PyTorch path from now on, which gives the same loss more slowly. "
+            "Set RKD_DISABLE_TRITON=1 to skip the kernels from the start.",
+            RuntimeWarning, stacklevel=3,
+        )
+        return None
 
 
 def _huber(diff: torch.Tensor) -> torch.Tensor:
@@ -203,7 +255,9 @@ class _AngleLossFunction(torch.autograd.Function):
     * ``dL/dx_b += dL/dv_ab`` and ``dL/dx_a -= sum_b dL/dv_ab``.
 
     The loss is a scalar, so the forward pass stores only ``dL/dx`` (``N x D``)
-    and the backward pass scales it: no chunk is ever kept for later.
+    and the backward pass scales it: no chunk is ever kept for later. That
+    gradient is a constant to autograd, so a second derivative cannot be
+    taken: the backward pass raises when asked for one (``create_graph=True``).
     Coincident pairs (``||v_ab|| <= EPS``) contribute a zero gradient.
     """
 
@@ -227,13 +281,22 @@ class _AngleLossFunction(torch.autograd.Function):
                 grad += g.sum(0)                                    # x_b
                 grad.index_add_(0, a, -g.sum(1))                    # x_a
         scale = 1.0 / n**3
+        ctx.want_grad = want_grad
         if want_grad:
             ctx.save_for_backward(grad * scale)
         return loss * scale
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "rkd_angle_loss cannot be differentiated twice (its gradient is computed in "
+                "closed form during the forward pass). For a second derivative use "
+                "rkd_tutorial.losses.direct.direct_angle_loss, which builds the N x N x D tensor."
+            )
+        if not ctx.want_grad:
+            raise RuntimeError("rkd_angle_loss: the gradient was not computed in the forward pass; "
+                               "call it with gradients enabled on a student that requires grad")
         (grad,) = ctx.saved_tensors
         return grad * grad_output, None, None
 
@@ -247,13 +310,16 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
     Returns:
         The Huber loss between the normalised distance matrices, averaged over
-        all ``N^2`` entries: a scalar tensor.
+        all ``N^2`` entries: a scalar tensor (float32 for half-precision inputs).
     """
     check_pair(student, teacher, min_n=2, name="rkd_distance_loss")
+    student, teacher = _pair(student, teacher)
     if _fused(student) is not None:
-        return _fused(student).rkd_distance_loss(student, teacher.detach().to(student.dtype))
+        loss = _run_fused(_fused(student), student, teacher, 1.0, 0.0)
+        if loss is not None:
+            return loss
     with torch.no_grad():
-        t = distance_potential(teacher.to(student.dtype))
+        t = distance_potential(teacher)
     return F.smooth_l1_loss(distance_potential(student), t, reduction="mean", beta=1.0)
 
 
@@ -273,9 +339,11 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     kernel computes the same quantity; this function is the CPU path.
     """
     check_pair(student, teacher, min_n=3, name="rkd_angle_loss")
-    teacher = teacher.detach().to(student.dtype)
+    student, teacher = _pair(student, teacher)
     if _fused(student) is not None:
-        return _fused(student).rkd_angle_loss(student, teacher)
+        loss = _run_fused(_fused(student), student, teacher, 0.0, 1.0)
+        if loss is not None:
+            return loss
     want_grad = torch.is_grad_enabled() and student.requires_grad
     return _AngleLossFunction.apply(student, teacher, want_grad)
 
@@ -313,13 +381,14 @@ class RKDLoss(nn.Module):
         self.angle_weight = float(angle_weight)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if _fused(student) is not None:
+        fused = _fused(_upcast(student))
+        if fused is not None:
             # Both terms in one fused pass (float32 inside; float64 keeps the exact path).
             check_pair(student, teacher, min_n=3 if self.angle_weight else 2, name="RKDLoss")
-            return _fused(student).rkd_loss(
-                student, teacher.detach().to(student.dtype), self.distance_weight, self.angle_weight
-            )
-        loss = student.new_zeros(())
+            loss = _run_fused(fused, *_pair(student, teacher), self.distance_weight, self.angle_weight)
+            if loss is not None:
+                return loss
+        loss = _upcast(student).new_zeros(())
         if self.distance_weight:
             loss = loss + self.distance_weight * rkd_distance_loss(student, teacher)
         if self.angle_weight:
