@@ -17,8 +17,9 @@ import datetime as _dt
 import json
 import os
 import platform
+import secrets
+import stat
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -44,21 +45,31 @@ def device_name(device=None) -> str:
 
 
 def git_commit() -> str:
-    """The commit of the checkout holding this package (``-dirty`` with uncommitted changes).
+    """The commit of this package's own checkout (``-dirty`` with uncommitted changes).
 
-    Falls back to ``$RKD_COMMIT`` (set it where the code runs without its ``.git``,
-    e.g. a copied tree on a GPU machine), else ``"unknown"``.
+    Recorded only where this file is tracked by git as ``rkd_tutorial/provenance.py``
+    at the top level of the checkout: a package installed into another project's
+    virtual environment, or copied into another repository, must not record that
+    project's commit. Otherwise ``$RKD_COMMIT`` (set it where the code runs without
+    its ``.git``, e.g. a copied tree on a GPU machine), else ``"unknown"``.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # no GIT_DIR from a caller
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=here.parent, env=env)
+
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, cwd=here)
-        if sha.returncode == 0 and sha.stdout.strip():
-            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=10, cwd=here).stdout.strip()
+        top = git("rev-parse", "--show-toplevel")
+        own = (top.returncode == 0 and Path(top.stdout.strip()).resolve() / "rkd_tutorial" / here.name == here
+               and git("ls-files", "--error-unmatch", here.name).returncode == 0)
+        sha = git("rev-parse", "HEAD") if own else None
+        if sha is not None and sha.returncode == 0 and sha.stdout.strip():
+            dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
             return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass
-    return os.environ.get("RKD_COMMIT", "unknown")
+    return os.environ.get("RKD_COMMIT") or "unknown"
 
 
 def stamp(device=None, wall_s: float = 0.0, **extra) -> dict:
@@ -75,16 +86,25 @@ def stamp(device=None, wall_s: float = 0.0, **extra) -> dict:
 
 
 def write_atomic(path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
+    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place.
+
+    The file gets the permissions of the file it replaces, or, if new, those the
+    umask gives any new file (e.g. ``rw-r--r--``): others can read a shared data
+    folder or results. A failure leaves ``path`` as it was and no temporary file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0o666 less the umask
     try:
-        write(tmp)
+        write(str(tmp))
+        try:
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        except FileNotFoundError:
+            pass
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 

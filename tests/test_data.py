@@ -1,12 +1,9 @@
-"""Tests for rkd_tutorial.data: real Fashion-MNIST, samplers, loaders, paper datasets, archives."""
+"""Tests for rkd_tutorial.data: real Fashion-MNIST, samplers, loaders, paper datasets (archives: test_archives.py)."""
 
 from __future__ import annotations
 
-import io
-import os
-import stat
-import tarfile
-import zipfile
+import gzip
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +28,6 @@ from rkd_tutorial.data import (
     normalize_images,
     paper_transforms,
     random_crop_flip,
-    safe_extract,
     subset_per_class,
 )
 from rkd_tutorial.data import fashion_mnist as fm
@@ -51,7 +47,7 @@ def fashion(tmp_path_factory):
     user_root = fm.default_root()
     if all(f.is_file() for f in debian_files):
         root = tmp_path_factory.mktemp("rkd_data")
-    elif fm._has_raw_files(user_root):
+    elif all((user_root / "FashionMNIST" / "raw" / name).is_file() for name in fm.RAW_FILES):
         root = user_root
     else:
         pytest.skip(
@@ -72,6 +68,17 @@ def test_default_root_follows_env(monkeypatch, tmp_path):
     assert default_root() == tmp_path
     monkeypatch.delenv("RKD_DATA")
     assert default_root() == Path.home() / ".cache" / "rkd_tutorial"
+
+
+@pytest.mark.parametrize("variable, function", [("RKD_DATA", default_root), ("RKD_FASHION_MNIST_DEBIAN", fm.debian_dir)])
+def test_data_folders_expand_home_and_ignore_empty(monkeypatch, tmp_path, variable, function):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv(variable, raising=False)
+    unset = function()
+    monkeypatch.setenv(variable, "~/x")
+    assert function() == tmp_path / "x"
+    monkeypatch.setenv(variable, "")
+    assert function() == unset and str(unset) not in ("", ".")
 
 
 def test_fashion_mnist_shapes_and_labels(fashion):
@@ -116,6 +123,122 @@ def test_fashion_mnist_missing_everywhere_says_how_to_get_it(monkeypatch, tmp_pa
         load_fashion_mnist(tmp_path / "empty", train=True)
     assert str(tmp_path / "empty" / "FashionMNIST" / "raw") in str(info.value)
     assert "network unreachable" in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# Fashion-MNIST files are checked before they are used or cached
+# --------------------------------------------------------------------------
+
+SMALL_COUNTS = {"train": 12, "t10k": 5}
+
+
+@pytest.fixture
+def small_fashion(monkeypatch, tmp_path):
+    """Expect 12 / 5 examples instead of 60,000 / 10,000 (tiny files), no Debian files, no download."""
+    shrunk = {name: (magic, (SMALL_COUNTS[name.split("-")[0]],) + dims[1:]) for name, (magic, dims) in fm.IDX_FILES.items()}
+    monkeypatch.setattr(fm, "IDX_FILES", shrunk)
+    monkeypatch.setattr(fm, "_CACHE", {})
+    monkeypatch.setenv("RKD_FASHION_MNIST_DEBIAN", str(tmp_path / "no_debian"))
+
+    def no_download(root, train):
+        raise AssertionError("must not download")
+
+    monkeypatch.setattr(fm, "_download_with_torchvision", no_download)
+    return tmp_path / "root"
+
+
+def _idx(name: str) -> bytes:
+    """A sound IDX file for the (shrunk) expected dimensions of ``name``."""
+    magic, dims = fm.IDX_FILES[name]
+    header = b"".join(x.to_bytes(4, "big") for x in (magic, *dims))
+    values = 10 if len(dims) == 1 else 256
+    return header + bytes((7 * i) % values for i in range(math.prod(dims)))
+
+
+def _write_raw(root: Path, override: dict[str, bytes] | None = None) -> Path:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in fm.RAW_FILES:
+        (raw / name).write_bytes((override or {}).get(name, _idx(name)))
+    return raw
+
+
+def _write_debian(folder: Path, override: dict[str, bytes] | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in fm.RAW_FILES:
+        (folder / f"{name}.gz").write_bytes((override or {}).get(name) or gzip.compress(_idx(name)))
+    return folder
+
+
+# case -> (file, how to damage its bytes, words the error must hold)
+DAMAGED = {
+    "truncated": ("train-images-idx3-ubyte", lambda b: b[: len(b) // 2], "bytes, expected"),
+    "too_long": ("t10k-images-idx3-ubyte", lambda b: b + b"\0", "bytes, expected"),
+    "html": ("train-labels-idx1-ubyte", lambda b: b"<html>404 Not Found</html>", "magic number of IDX labels"),
+    "labels_as_images": ("t10k-images-idx3-ubyte", lambda b: _idx("t10k-labels-idx1-ubyte"), "magic number of IDX images"),
+    "dimensions": ("train-images-idx3-ubyte", lambda b: b[:8] + (32).to_bytes(4, "big") + b[12:], "dimensions"),
+    "label_10": ("t10k-labels-idx1-ubyte", lambda b: b[:-1] + b"\x0a", "labels outside 0..9"),
+    "empty": ("train-labels-idx1-ubyte", lambda b: b"", "magic number"),
+}
+
+
+def test_small_fashion_files_load(small_fashion):
+    _write_raw(small_fashion)
+    x, y = load_fashion_mnist(small_fashion, train=False)
+    assert x.shape == (5, 28, 28) and y.tolist() == [0, 7, 4, 1, 8]
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_raw_file_is_named_with_what_to_do(small_fashion, case):
+    name, damage, words = DAMAGED[case]
+    raw = _write_raw(small_fashion, {name: damage(_idx(name))})
+    for train in (True, False):  # each split checks all four files
+        with pytest.raises(RuntimeError, match=f"{raw / name} is damaged: it .*{words}") as info:
+            load_fashion_mnist(small_fashion, train=train)
+        assert "Delete it" in str(info.value) and "RKD_DATA" in str(info.value)
+    assert (raw / name).read_bytes() == damage(_idx(name))  # reported, not silently deleted
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_raw_file_is_made_again_from_good_debian_files(small_fashion, monkeypatch, tmp_path, case):
+    name, damage, _ = DAMAGED[case]
+    raw = _write_raw(small_fashion, {name: damage(_idx(name))})
+    monkeypatch.setenv("RKD_FASHION_MNIST_DEBIAN", str(_write_debian(tmp_path / "debian")))
+    with pytest.warns(RuntimeWarning, match=f"{raw / name} .*making it again from"):
+        x, y = load_fashion_mnist(small_fashion, train=name.startswith("train"))
+    assert (raw / name).read_bytes() == _idx(name)
+    assert len(x) == len(y) == SMALL_COUNTS[name.split("-")[0]]
+
+
+@pytest.mark.parametrize("gz, words", [
+    (gzip.compress(b"<html>garbage, but a valid gzip</html>"), "decompressed, it does not start with"),
+    (gzip.compress(_idx("t10k-labels-idx1-ubyte"))[:-30], "it cannot be decompressed"),
+    (b"not a gzip file at all", "it cannot be decompressed"),
+], ids=["garbage_gzip", "truncated_gzip", "not_gzip"])
+def test_damaged_debian_file_is_never_cached(small_fashion, monkeypatch, tmp_path, gz, words):
+    name = "t10k-labels-idx1-ubyte"
+    debian = _write_debian(tmp_path / "debian", {name: gz})
+    monkeypatch.setenv("RKD_FASHION_MNIST_DEBIAN", str(debian))
+    with pytest.raises(RuntimeError, match=f"{debian / name}.gz is damaged: {words}.*--reinstall dataset-fashion-mnist"):
+        load_fashion_mnist(small_fashion, train=False)
+    raw = small_fashion / "FashionMNIST" / "raw"
+    assert name not in {p.name for p in raw.iterdir()}
+    assert not [p for p in raw.iterdir() if p.name.endswith(".tmp")]
+    # Once the Debian file is sound again, the next run succeeds.
+    _write_debian(debian)
+    x, _ = load_fashion_mnist(small_fashion, train=False)
+    assert x.shape == (5, 28, 28)
+
+
+def test_damaged_download_is_named(small_fashion, monkeypatch):
+    name = "train-images-idx3-ubyte"
+
+    def truncated_download(root, train):
+        _write_raw(Path(root), {name: _idx(name)[:100]})
+
+    monkeypatch.setattr(fm, "_download_with_torchvision", truncated_download)
+    with pytest.raises(RuntimeError, match=f"{name} is damaged: it has 100 bytes"):
+        load_fashion_mnist(small_fashion, train=True)
 
 
 def test_class_disjoint_split_real(fashion):
@@ -455,113 +578,3 @@ def test_stanford_online_products_missing_files_explain(tmp_path):
     with pytest.raises(FileNotFoundError, match="Ebay_test.txt") as info:
         StanfordOnlineProducts(tmp_path, "test")
     assert "cvgl.stanford.edu" in str(info.value)
-
-
-# --------------------------------------------------------------------------
-# safe_extract
-# --------------------------------------------------------------------------
-
-
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes = b"x", **kwargs) -> None:
-    info = tarfile.TarInfo(name)
-    for key, value in kwargs.items():
-        setattr(info, key, value)
-    info.size = len(data) if info.type == tarfile.REGTYPE else 0
-    tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
-
-
-def _all_files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for p in root.rglob("*")}
-
-
-@pytest.mark.parametrize("suffix, mode", [(".tar", "w"), (".tar.gz", "w:gz"), (".tgz", "w:gz")])
-def test_safe_extract_good_tar(tmp_path, suffix, mode):
-    archive = tmp_path / f"good{suffix}"
-    with tarfile.open(archive, mode) as tar:
-        _tar_add(tar, "data", type=tarfile.DIRTYPE, mode=0o755)
-        _tar_add(tar, "data/a.txt", b"hello")
-        _tar_add(tar, "data/sub/b.txt", b"world")
-        _tar_add(tar, "data/link.txt", type=tarfile.SYMTYPE, linkname="sub/b.txt")
-    dest = safe_extract(archive, tmp_path / "out")
-    assert (dest / "data" / "a.txt").read_text() == "hello"
-    assert (dest / "data" / "link.txt").read_text() == "world"
-    assert _all_files(tmp_path) == {archive.name, "out", "out/data", "out/data/a.txt",
-                                    "out/data/sub", "out/data/sub/b.txt", "out/data/link.txt"}
-    # A second extraction into the same folder refuses to overwrite and changes nothing.
-    with pytest.raises(FileExistsError, match="already exists"):
-        safe_extract(archive, dest)
-    assert (dest / "data" / "a.txt").read_text() == "hello"
-    assert not [p for p in tmp_path.iterdir() if "extracting" in p.name]
-
-
-def test_safe_extract_good_zip_into_existing_folder(tmp_path):
-    archive = tmp_path / "good.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("Stanford_Online_Products/Ebay_train.txt", "image_id class_id super_class_id path\n")
-        zf.writestr("Stanford_Online_Products/bicycle_final/1.JPG", b"jpeg")
-    dest = tmp_path / "root"
-    (dest / "other").mkdir(parents=True)
-    safe_extract(archive, dest)
-    assert (dest / "Stanford_Online_Products" / "bicycle_final" / "1.JPG").read_bytes() == b"jpeg"
-    assert (dest / "other").is_dir()
-
-
-# case -> (members as (name, TarInfo attributes), the member that must be named in the error)
-EVIL_TARS = {
-    "dotdot": ([("ok.txt", {}), ("../evil.txt", {})], "../evil.txt"),
-    "absolute": ([("ok.txt", {}), ("{abs}/evil_abs.txt", {})], "{abs}/evil_abs.txt"),
-    "symlink_out": (
-        [("link", {"type": tarfile.SYMTYPE, "linkname": "../.."}), ("link/evil.txt", {})], "link"
-    ),
-    "symlink_abs": ([("ok.txt", {}), ("link", {"type": tarfile.SYMTYPE, "linkname": "{abs}"})], "link"),
-    "hardlink_out": ([("hard", {"type": tarfile.LNKTYPE, "linkname": "../outside.txt"})], "hard"),
-    "nested_dotdot": ([("a/b/../../../evil.txt", {})], "a/b/../../../evil.txt"),
-    "fifo": ([("pipe", {"type": tarfile.FIFOTYPE})], "pipe"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(EVIL_TARS))
-def test_safe_extract_refuses_malicious_tar(tmp_path, case):
-    work = tmp_path / "work"
-    work.mkdir()
-    archive = work / "evil.tar"
-    members, bad_name = EVIL_TARS[case]
-    with tarfile.open(archive, "w") as tar:
-        for name, kwargs in members:
-            kwargs = {k: v.format(abs=tmp_path) if isinstance(v, str) else v for k, v in kwargs.items()}
-            _tar_add(tar, name.format(abs=tmp_path), **kwargs)
-    with pytest.raises(ValueError, match=f"refusing archive member '{bad_name.format(abs=tmp_path)}'"):
-        safe_extract(archive, work / "dest")
-    assert _all_files(tmp_path) == {"work", "work/evil.tar"}  # nothing anywhere, not even ok.txt
-
-
-@pytest.mark.parametrize("bad_name", ["../evil.txt", "/abs_evil.txt", "a/../../evil.txt"])
-def test_safe_extract_refuses_malicious_zip(tmp_path, bad_name):
-    archive = tmp_path / "evil.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("ok.txt", "fine")
-        zf.writestr(zipfile.ZipInfo(bad_name), "evil")
-    with pytest.raises(ValueError, match="refusing archive member"):
-        safe_extract(archive, tmp_path / "dest")
-    assert _all_files(tmp_path) == {"evil.zip"}
-
-
-def test_safe_extract_refuses_zip_symlink_escaping(tmp_path):
-    archive = tmp_path / "evil.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        info = zipfile.ZipInfo("link")
-        info.external_attr = (stat.S_IFLNK | 0o777) << 16
-        zf.writestr(info, "../../etc")
-    with pytest.raises(ValueError, match="refusing archive member 'link'"):
-        safe_extract(archive, tmp_path / "dest")
-    assert _all_files(tmp_path) == {"evil.zip"}
-
-
-def test_safe_extract_not_an_archive(tmp_path):
-    bogus = tmp_path / "notes.tar"
-    bogus.write_bytes(os.urandom(100))
-    with pytest.raises(ValueError, match="not a tar or zip archive"):
-        safe_extract(bogus, tmp_path / "dest")
-    with pytest.raises(FileNotFoundError):
-        safe_extract(tmp_path / "missing.tgz", tmp_path / "dest")
-    assert _all_files(tmp_path) == {"notes.tar"}

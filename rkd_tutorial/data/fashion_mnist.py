@@ -11,13 +11,21 @@ Where the files come from, in this order:
    load them.
 2. Debian's package ``dataset-fashion-mnist`` installed the ``.gz`` files in
    :data:`FASHION_MNIST_DEBIAN` (override with the environment variable
-   ``RKD_FASHION_MNIST_DEBIAN``): gunzip them into ``root/FashionMNIST/raw/``,
-   then load. (Debian recompresses the files, so torchvision's checksum of
-   the ``.gz`` fails; the uncompressed contents are the same.)
+   ``RKD_FASHION_MNIST_DEBIAN``): gunzip the missing ones into
+   ``root/FashionMNIST/raw/``, then load. (Debian recompresses the files, so
+   torchvision's checksum of the ``.gz`` fails; the uncompressed contents are
+   the same.)
 3. Otherwise let torchvision download them (Colab, a laptop with internet).
 4. If that fails too, raise one :class:`RuntimeError` that says how to get
    the data. There is never a synthetic stand-in: every number in the book
    comes from the real images.
+
+Every file is checked before it is used, and a decompressed one before it
+is moved into place (:func:`_idx_problem`: magic number, dimensions, size,
+labels 0..9), so a truncated or garbage file is never cached: the error
+names the file and says what to do. A damaged file in ``raw/`` is made
+again from Debian's ``.gz`` when that is installed and sound (with a
+warning).
 
 ``root`` defaults to :func:`default_root`: ``$RKD_DATA`` or
 ``~/.cache/rkd_tutorial``.
@@ -26,8 +34,11 @@ Where the files come from, in this order:
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import shutil
+import warnings
+import zlib
 from pathlib import Path
 
 import torch
@@ -52,12 +63,15 @@ FASHION_CLASSES: tuple[str, ...] = (
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 """Where ``apt-get install dataset-fashion-mnist`` puts the ``.gz`` files."""
 
-RAW_FILES: tuple[str, ...] = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+IDX_FILES: dict[str, tuple[int, tuple[int, ...]]] = {
+    "train-images-idx3-ubyte": (0x00000803, (60000, 28, 28)),
+    "train-labels-idx1-ubyte": (0x00000801, (60000,)),
+    "t10k-images-idx3-ubyte": (0x00000803, (10000, 28, 28)),
+    "t10k-labels-idx1-ubyte": (0x00000801, (10000,)),
+}
+"""Each raw file's IDX magic number (unsigned bytes, 3 or 1 dimensions) and its dimensions."""
+
+RAW_FILES: tuple[str, ...] = tuple(IDX_FILES)
 """The four files torchvision expects in ``root/FashionMNIST/raw/``."""
 
 # (resolved root, train) -> (images, labels). Filled by load_fashion_mnist.
@@ -82,38 +96,93 @@ def _raw_dir(root: Path) -> Path:
     return root / "FashionMNIST" / "raw"
 
 
-def _has_raw_files(root: Path) -> bool:
-    return all((_raw_dir(root) / name).is_file() for name in RAW_FILES)
+def _idx_problem(path: Path, name: str) -> str | None:
+    """What is wrong with ``path`` as the raw file ``name`` (one of :data:`RAW_FILES`), or None.
+
+    A sound file starts with the magic number and dimensions of :data:`IDX_FILES`
+    (big-endian 32-bit integers), then holds exactly one byte per pixel or
+    label; labels are 0..9. The answer completes "the file ...".
+    """
+    magic, dims = IDX_FILES[name]
+    header = 4 * (1 + len(dims))
+    try:
+        with open(path, "rb") as f:
+            head = f.read(header)
+            if head[:4] != magic.to_bytes(4, "big"):
+                kind = "labels" if len(dims) == 1 else "images"
+                return f"does not start with {magic:#010x}, the magic number of IDX {kind}"
+            found = tuple(int.from_bytes(head[i : i + 4], "big") for i in range(4, len(head) - 3, 4))
+            if found != dims:
+                return f"has dimensions {found}, expected {dims}"
+            size, expected = os.fstat(f.fileno()).st_size, header + math.prod(dims)
+            if size != expected:
+                return f"has {size:,} bytes, expected {expected:,}"
+            if len(dims) == 1 and max(f.read(), default=0) > 9:
+                return "has labels outside 0..9"
+    except OSError as err:
+        return f"cannot be read ({err})"
+    return None
 
 
-def _gunzip_atomically(src: Path, dst: Path) -> None:
-    """Decompress ``src`` to ``dst`` so that ``dst`` is either absent or complete.
+def _damaged(path: Path, problem: str) -> RuntimeError:
+    return RuntimeError(
+        f"The Fashion-MNIST file {path} is damaged: it {problem}. Delete it and run again: it is made "
+        "again from Debian's files (`apt-get install dataset-fashion-mnist`) or downloaded. "
+        "Or set RKD_DATA to use another data folder."
+    )
+
+
+def _gunzip_checked(src: Path, dst: Path, name: str) -> None:
+    """Decompress ``src`` to ``dst``, which is then either complete and sound, or unchanged.
 
     :func:`rkd_tutorial.provenance.write_atomic` writes a temporary file in the
     same folder and renames it with :func:`os.replace`, which is atomic on one
     file system: an interrupted run (Ctrl-C, full disk) never leaves a
-    truncated file that a later run would trust.
+    truncated file that a later run would trust. The temporary file is checked
+    with :func:`_idx_problem` before the rename, so bad data is never cached.
     """
 
     def gunzip(tmp: str) -> None:
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout, length=1 << 20)
+        try:
+            with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, length=1 << 20)
+            problem = _idx_problem(Path(tmp), name)
+            if problem:
+                problem = f"decompressed, it {problem}"
+        except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+            problem = f"it cannot be decompressed ({err})"
+        if problem:
+            raise RuntimeError(
+                f"Debian's Fashion-MNIST file {src} is damaged: {problem}. Reinstall it with "
+                "`sudo apt-get install --reinstall dataset-fashion-mnist`, or set "
+                "RKD_FASHION_MNIST_DEBIAN to a folder of sound copies."
+            )
 
     write_atomic(dst, gunzip)
 
 
-def _copy_from_debian(root: Path) -> bool:
-    """Gunzip the Debian files into ``root/FashionMNIST/raw/``; False if absent."""
-    src_dir = debian_dir()
-    sources = [src_dir / f"{name}.gz" for name in RAW_FILES]
-    if not all(src.is_file() for src in sources):
-        return False
+def _prepare_raw_files(root: Path) -> bool:
+    """Make ``root/FashionMNIST/raw/`` hold the four files, checked; False if some are missing.
+
+    Missing files are decompressed from Debian's when all four ``.gz`` are
+    installed; so are damaged ones, with a warning. Without Debian's files a
+    damaged file raises :class:`RuntimeError`, and a missing one returns False.
+    """
     raw = _raw_dir(root)
-    raw.mkdir(parents=True, exist_ok=True)
-    for name, src in zip(RAW_FILES, sources):
-        if not (raw / name).is_file():
-            _gunzip_atomically(src, raw / name)
-    return True
+    sources = {name: debian_dir() / f"{name}.gz" for name in RAW_FILES}
+    debian = all(src.is_file() for src in sources.values())
+    complete = True
+    for name in RAW_FILES:
+        path = raw / name
+        problem = _idx_problem(path, name) if path.is_file() else None
+        if problem and not debian:
+            raise _damaged(path, problem)
+        if problem:
+            warnings.warn(f"{path} {problem}; making it again from {sources[name]}.", RuntimeWarning, stacklevel=3)
+        if debian and (problem or not path.is_file()):
+            _gunzip_checked(sources[name], path, name)
+        complete = complete and path.is_file()
+    return complete
 
 
 def _download_with_torchvision(root: Path, train: bool) -> None:
@@ -142,14 +211,15 @@ def load_fashion_mnist(
 
     Raises:
         RuntimeError: the files are nowhere to be found and can't be
-            downloaded; the message says how to get them.
+            downloaded, or one is damaged (truncated, not Fashion-MNIST);
+            the message names the file and says what to do.
     """
     root = Path(root).expanduser() if root is not None else default_root()
     key = (str(root.resolve()), bool(train))
     if key in _CACHE:
         return _CACHE[key]
 
-    if not _has_raw_files(root) and not _copy_from_debian(root):
+    if not _prepare_raw_files(root):
         try:
             _download_with_torchvision(root, train)
         except Exception as err:  # URLError, socket errors, checksum failures...
@@ -163,6 +233,10 @@ def load_fashion_mnist(
                 f"it; (3) put the four uncompressed files {', '.join(RAW_FILES)} "
                 f"in {_raw_dir(root)}. Set RKD_DATA to use another data folder."
             ) from err
+        for name in RAW_FILES:
+            problem = _idx_problem(_raw_dir(root) / name, name)
+            if problem:
+                raise _damaged(_raw_dir(root) / name, problem)
 
     dataset = torchvision.datasets.FashionMNIST(str(root), train=train, download=False)
     images = dataset.data.to(torch.uint8)
