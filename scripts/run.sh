@@ -4,8 +4,7 @@
 # The experiments themselves: .venv/bin/python -m rkd_tutorial metric --profile quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-.venv/bin/jupyter-book build . -W --keep-going
+bash scripts/build_book.sh     # set-up, then the book's build (the one CI publishes)
 echo
 echo "The book is built: open $(pwd)/_build/html/index.html in a browser"
 echo "(or serve it: .venv/bin/python -m http.server -d _build/html 8000, then http://localhost:8000)."

@@ -39,7 +39,16 @@ HTML = ROOT / "_build" / "html"
 SHOTS = ROOT / "_build" / "screenshots"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-COLAB = "https://colab.research.google.com/github/rkd-tutorial/rkd-tutorial/blob/main/{}.ipynb"
+
+
+def _colab_template() -> str:
+    """``https://colab.research.google.com/github/OWNER/REPO/blob/BRANCH/{}.ipynb``, from _config.yml."""
+    repository = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]
+    owner_repo = repository["url"].rstrip("/").removeprefix("https://github.com/").removesuffix(".git")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/{repository.get('branch', 'main')}/{{}}.ipynb"
+
+
+COLAB = _colab_template()   # the repository's address is written once, in _config.yml
 MATH_PAGES = ("book/01_individual_kd", "book/02_relational_kd")
 BUILD_TIMEOUT_S = 1800
 
