@@ -120,6 +120,7 @@ def distance_heatmaps(
     cmap: str = "viridis",
     vmax: Optional[float] = None,
     panel_size: float = 3.2,
+    class_names: Optional[Sequence[str]] = None,
 ) -> Figure:
     """Distance matrices of several embeddings of the same examples, side by side.
 
@@ -135,6 +136,8 @@ def distance_heatmaps(
             ``False``, raw Euclidean distances.
         vmax: top of the shared colour scale (default: the 99th percentile of
             all panels, so one far outlier does not wash out the rest).
+        class_names: with ``labels``, names of the classes (indexed by label):
+            each block is labelled on the left (first panel) and below.
 
     Returns:
         The figure: one heatmap per embedding and one shared colour bar.
@@ -174,6 +177,13 @@ def distance_heatmaps(
             for e in edges:
                 ax.axhline(e, color="white", lw=0.6)
                 ax.axvline(e, color="white", lw=0.6)
+            if class_names is not None:
+                bounds = np.concatenate([[-0.5], edges, [n - 0.5]])
+                centres = (bounds[:-1] + bounds[1:]) / 2
+                names = [class_names[int(c)] for c in torch.unique_consecutive(y).tolist()]
+                ax.set_xticks(centres, names, rotation=45, ha="right", fontsize="x-small")
+                if ax is axes[0][0]:
+                    ax.set_yticks(centres, names, fontsize="x-small")
     label = r"$\psi_D$ (distance / mean distance)" if normalized else "distance"
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.85, label=label)
     return fig
@@ -422,7 +432,7 @@ def results_bar(
     """A results dict (``{"rows": [...]}``, as :mod:`rkd_tutorial.experiments` writes) as bars.
 
     One bar per method (mean over seeds, with the standard deviation as an
-    error bar when there are several), grouped by ``embedding_dim`` when rows
+    error bar where there are several seeds; none from a single seed), grouped by ``embedding_dim`` when rows
     have several. The ``teacher`` row is drawn as a dashed horizontal line,
     so "does the student beat its teacher?" can be read off directly. The y
     axis is zoomed to the range of the values (differences between methods
@@ -460,11 +470,15 @@ def results_bar(
         for m in methods:
             v = np.array([r[metric] for r in students if r["method"] == m and r.get("embedding_dim") == dim])
             means.append(v.mean() if len(v) else np.nan)
-            errs.append(v.std(ddof=1) if len(v) > 1 else 0.0)
+            errs.append(v.std(ddof=1) if len(v) > 1 else np.nan)      # no error bar from one seed
         pos = np.arange(len(methods)) + (j - (len(dims) - 1) / 2) * width
         label = f"student, d = {dim}" if dim is not None and len(dims) > 1 else None
-        bars = ax.bar(pos, means, width * 0.95, yerr=errs if any(errs) else None, capsize=3,
-                      color=colours[j] if len(dims) > 1 else PALETTE["student"], label=label)
+        bars = ax.bar(pos, means, width * 0.95, color=colours[j] if len(dims) > 1 else PALETTE["student"],
+                      label=label)
+        several = [i for i, e in enumerate(errs) if np.isfinite(e)]
+        if several:
+            ax.errorbar(pos[several], np.array(means)[several], yerr=np.array(errs)[several], fmt="none",
+                        ecolor="black", elinewidth=1, capsize=3)
         ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
     if teacher:
         ax.axhline(float(np.mean(teacher)), color=PALETTE["teacher"], ls="--", lw=1.5,
@@ -549,3 +563,168 @@ def loss_benchmarks(
 
 
 __all__ += ["IMPL_COLOURS", "loss_benchmarks"]
+
+
+# ----------------------------------------------------------------------------- retrieval (chapter 4)
+
+def retrieval_grid(
+    images: torch.Tensor,
+    labels: ArrayLike,
+    embeddings: Mapping[str, ArrayLike],
+    queries: Sequence[int],
+    k: int = 5,
+    class_names: Optional[Sequence[str]] = None,
+    cell: float = 0.95,
+) -> Figure:
+    """Queries and their ``k`` nearest neighbours under several embeddings: what Recall@K counts.
+
+    One block of rows per query, one row per embedding (e.g. teacher, triplet
+    student, RKD-DA student): the query image, then its neighbours by
+    Euclidean distance, nearest first (the query itself excluded, as in
+    :func:`rkd_tutorial.evaluate.recall_at_k`). A neighbour of the query's
+    class gets a green frame, any other a red one.
+
+    Args:
+        images: ``N x 1 x H x W`` (or ``N x H x W``) images, in the order of the embeddings.
+        labels: ``N`` labels.
+        embeddings: ``{name: N x D}``.
+        queries: indices of the query images.
+    """
+    imgs = _tensor(images)
+    imgs = imgs.reshape(len(imgs), -1, *imgs.shape[-2:])[:, 0]
+    y = _tensor(labels).long()
+    names = list(embeddings)
+    rows = len(queries) * len(names)
+    fig, axes = plt.subplots(rows, k + 1, figsize=(cell * (k + 1) + 1.2, cell * rows), squeeze=False,
+                             layout="constrained")
+    for qi, q in enumerate(queries):
+        for ei, name in enumerate(names):
+            e = _tensor(embeddings[name])
+            d = torch.cdist(e[q:q + 1], e)[0]
+            d[q] = float("inf")
+            nearest = d.topk(k, largest=False).indices.tolist()
+            row = axes[qi * len(names) + ei]
+            for j, idx in enumerate([q] + nearest):
+                ax = row[j]
+                ax.imshow(imgs[idx].numpy(), cmap="gray_r")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_ylabel(name, fontsize="x-small", rotation=0, ha="right", va="center")
+                    title = class_names[int(y[q])] if class_names is not None else f"class {int(y[q])}"
+                    if ei == 0:
+                        ax.set_title(f"query: {title}", fontsize="x-small")
+                    colour = "black"
+                else:
+                    colour = "#029e73" if y[idx] == y[q] else "#d55e00"
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(2.0 if j else 1.0)
+            if qi == 0 and ei == 0:
+                for j in range(1, k + 1):
+                    row[j].set_title(f"#{j}", fontsize="x-small")
+    return fig
+
+
+# ----------------------------------------------------------------------------- where each loss attaches
+
+def loss_diagram(stages: int = 3) -> Figure:
+    """A diagram of teacher and student networks and where each distillation loss compares them.
+
+    The two networks run on the same batch: ``stages`` convolution stages
+    (feature maps, :attr:`rkd_tutorial.models.Output.stages`), global pooling
+    (``pooled``), and a head (``embedding`` for metric learning, ``logits``
+    for classification). FitNet compares one stage's feature maps through a
+    regressor; attention transfer compares the attention maps of several
+    stages; Hinton KD the softened logits; RKD and DarkRank the relations
+    among the examples' embeddings (or pooled features): example by example
+    versus batch by batch.
+    """
+    fig, ax = plt.subplots(figsize=(9.5, 4.2), layout="constrained")
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 6)
+    ax.axis("off")
+    boxes = ["input"] + [f"stage {i + 1}" for i in range(stages)] + ["pooled", "embedding /\nlogits"]
+    xs = np.linspace(0.7, 8.3, len(boxes))
+    for y0, who in ((4.3, "teacher"), (0.9, "student")):
+        colour = PALETTE[who]
+        ax.text(0.05, y0 + 0.95, who, color=colour, fontsize="large", fontweight="bold")
+        for i, (x, name) in enumerate(zip(xs, boxes)):
+            ax.add_patch(plt.Rectangle((x - 0.55, y0), 1.1, 0.75, facecolor=colour, alpha=0.18 if i else 0.08,
+                                       edgecolor=colour))
+            ax.text(x, y0 + 0.375, name, ha="center", va="center", fontsize="small")
+            if i:
+                ax.annotate("", (x - 0.56, y0 + 0.375), (xs[i - 1] + 0.56, y0 + 0.375),
+                            arrowprops=dict(arrowstyle="->", color=colour))
+    at = "#ca9161"
+    for x in xs[1:stages + 1]:
+        ax.annotate("", (x - 0.2, 1.68), (x - 0.2, 4.28), arrowprops=dict(arrowstyle="<->", color=at, lw=1.2))
+    ax.text(xs[1] - 0.3, 2.98, "attention transfer\n(every stage's\nattention map)", color=at, fontsize="x-small",
+            va="center", ha="right")
+    links = [
+        (xs[stages] + 0.2, 2.3, "FitNet\n(one stage,\nvia a regressor)", "#cc78bc"),
+        (xs[-2], 3.55, "RKD\n(classification:\npooled features)", PALETTE["other"]),
+        (xs[-1], 2.6, "Hinton KD (logits)\nRKD, DarkRank\n(embedding)", "#d55e00"),
+    ]
+    for x, y, text, colour in links:
+        ax.annotate("", (x, 1.68), (x, 4.28), arrowprops=dict(arrowstyle="<->", color=colour, lw=2))
+        ax.text(x + 0.08, y, text, color=colour, fontsize="x-small", va="center")
+    ax.text(5.0, 5.75, "individual losses compare each example's outputs; relational losses (RKD, DarkRank) "
+            "compare the relations among a batch's outputs", ha="center", fontsize="x-small", style="italic")
+    return fig
+
+
+# ----------------------------------------------------------------------------- how the angle loss walks the cube (chapter 3)
+
+def anchor_walk(n: int = 8, chunk: int = 3, block: int = 4) -> Figure:
+    """How the chunked PyTorch loss and the fused kernel cover the ``N x N x N`` cube of triplets.
+
+    Left: the chunked loss takes the anchors ``a`` a chunk at a time and
+    builds that chunk's ``chunk x N x N`` slab of angle potentials. Right: the
+    kernel holds one ``block x block`` tile of pairs ``(b, c)`` (upper
+    triangle only, by symmetry) and walks along the anchors, so a column of
+    the cube passes through registers and nothing of size ``N^3`` is stored.
+    """
+    fig = plt.figure(figsize=(10, 4.2), layout="constrained")
+
+    def cube(ax, colours, title):
+        filled = np.zeros((n, n, n), dtype=bool)
+        facecolors = np.empty((n, n, n), dtype=object)
+        for (a, b, c), colour in colours.items():
+            filled[a, b, c] = True
+            facecolors[a, b, c] = colour
+        ax.voxels(filled, facecolors=facecolors, edgecolor=(0, 0, 0, 0.15), linewidth=0.3)
+        ax.set_xlabel("anchor a")
+        ax.set_ylabel("b")
+        ax.set_zlabel("c")
+        ax.set_title(title, fontsize="small")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_zticks([])
+        ax.view_init(elev=22, azim=-58)
+
+    left = {}
+    for a in range(n):
+        shade = (1.0, 0.55, 0.1, 0.85) if a < chunk else ((0.6, 0.6, 0.6, 0.12) if a < 2 * chunk else None)
+        if shade is None:
+            continue
+        for b in range(n):
+            for c in range(n):
+                left[(a, b, c)] = shade
+    cube(fig.add_subplot(1, 2, 1, projection="3d"), left,
+         f"chunked loss: anchors {chunk} at a time\n(one slab of {chunk} x N x N in memory)")
+    right = {}
+    for a in range(n):
+        for b in range(n):
+            for c in range(n):
+                if b // block <= c // block:                    # the upper block triangle of tiles
+                    in_tile = b < block <= c                      # the tile (b in 0..3, c in 4..7)
+                    alpha = (0.95 if a == 2 else 0.45) if in_tile else 0.08
+                    right[(a, b, c)] = (0.0, 0.45, 0.7, alpha)
+    cube(fig.add_subplot(1, 2, 2, projection="3d"), right,
+         f"fused kernel: a {block} x {block} tile of pairs (b, c) (tiles below the diagonal\nare skipped) "
+         "walks along the anchors; dark: the current anchor")
+    return fig
+
+
+__all__ += ["retrieval_grid", "loss_diagram", "anchor_walk"]

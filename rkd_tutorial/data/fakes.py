@@ -10,7 +10,8 @@ the real archive, unpacked, puts them, so the package's readers
 * :func:`make_sop`: ``Stanford_Online_Products/Ebay_{train,test}.txt`` and the images they list
 * :func:`make_cifar100`: ``cifar-100-python/{train,test,meta}`` (pickled dicts, as torchvision reads them)
 
-Import with ``from fakes import make_cub200`` (pytest puts ``tests/`` on the path).
+Import with ``from rkd_tutorial.data.fakes import make_cub200``: the tests use them, and so can
+the exercises of chapter 7, from an installed package as well as from a checkout.
 """
 
 from __future__ import annotations
