@@ -51,6 +51,12 @@ Where this follows the official code rather than the paper's text (recorded in
   official ``vgg11bn``); the package's model zoo has ResNets only, so the
   student here is a ResNet-18, a stronger student than the paper's.
 
+Data loading: the training images are decoded and augmented in ``DataLoader``
+worker processes (they do not fit on a GPU as Fashion-MNIST does), by an
+:class:`EpochDataLoader`, whose random draws are functions of ``(seed, epoch)``:
+a run resumed from its checkpoint is the uninterrupted run, with any number of
+workers.
+
 Typical use (on a GPU; the datasets are downloaded by hand, see
 :mod:`rkd_tutorial.data.paper_datasets`)::
 
@@ -80,19 +86,20 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from .data import CUB200, IMAGENET_MEAN, IMAGENET_STD, Cars196, ClassBalancedBatchSampler, StanfordOnlineProducts
 from .data import cifar100 as _cifar100
 from .data import paper_transforms
+from .data.sampler import epoch_seed
 from .evaluate import accuracy, embed, recall_at_k
 from .experiments import PAPER, provenance, write_results
 from .models import Classifier, EmbeddingNet, build_backbone
-from .train import TrainConfig, ce, fit, rkd, triplet
+from .train import TrainConfig, ce, fit, make_optimizer, rkd, triplet
 
 __all__ = ["DATASETS", "METRIC_DATASETS", "OFFICIAL", "CIFAR_MEAN", "CIFAR_STD", "paper_setup", "run_paper",
-           "EpochDataLoader"]
+           "EpochDataLoader", "EpochSeeded", "ShuffledBatches"]
 
 #: The metric-learning datasets (zero-shot retrieval, Recall@K) and the classification one.
 METRIC_DATASETS = ("cub200", "cars196", "sop")
@@ -117,18 +124,97 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
-class EpochDataLoader(DataLoader):
-    """A torch ``DataLoader`` whose ``set_epoch`` reaches its batch sampler.
+class EpochSeeded(Dataset):
+    """``dataset`` whose item ``(epoch, i)`` is ``dataset[i]``, drawn with torch's generator seeded from ``(seed, epoch, i)``.
 
-    :func:`rkd_tutorial.train.fit` calls ``loader.set_epoch(epoch)`` when the
-    loader has one; :class:`ClassBalancedBatchSampler` then draws that epoch's
-    batches (otherwise every epoch would repeat the same batches).
+    The random crop and flip of an image then depend on the image and the
+    epoch only: not on which ``DataLoader`` worker loads it, nor on how many
+    images that worker loaded before (torchvision's transforms draw from
+    torch's global generator, which every worker seeds once when it starts).
+    The caller's generator is left as it was (``torch.random.fork_rng``).
     """
 
+    def __init__(self, dataset, seed: int = 0) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(epoch_seed(epoch_seed(self.seed, epoch), index))
+            return self.dataset[index]
+
+
+class ShuffledBatches:
+    """Batches of a new random order every epoch, drawn from ``(seed, epoch)``; an incomplete last batch is dropped."""
+
+    def __init__(self, n: int, batch_size: int, seed: int = 0) -> None:
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+
     def set_epoch(self, epoch: int) -> None:
-        sampler = self.batch_sampler if self.batch_sampler is not None else self.sampler
-        if hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=g)[: len(self) * self.batch_size]
+        yield from order.view(-1, self.batch_size).tolist()
+
+
+class _EpochTagged:
+    """A batch sampler whose indices carry their epoch, ``[(epoch, i), ...]``, for :class:`EpochSeeded`."""
+
+    def __init__(self, batches) -> None:
+        self.batches, self.epoch = batches, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.batches.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            yield [(self.epoch, i) for i in batch]
+
+
+class EpochDataLoader(DataLoader):
+    """A torch ``DataLoader`` whose random draws are all functions of ``(seed, epoch)``.
+
+    * :meth:`set_epoch`, which :func:`rkd_tutorial.train.fit` calls before
+      every epoch, reaches ``batches`` (a :class:`~rkd_tutorial.data.ClassBalancedBatchSampler`
+      or :class:`ShuffledBatches`), which then draws that epoch's batches;
+    * every image is loaded and augmented with torch's generator seeded from
+      ``(seed, epoch, index)`` (:class:`EpochSeeded`).
+
+    So the images of an epoch are the same whether its workers are fresh (a
+    run resumed from a checkpoint) or have been running for epochs
+    (``persistent_workers``), and whatever their number: a resumed run ends
+    exactly where an uninterrupted one would (``fit`` records
+    ``"resume": "exact"`` in ``History.settings``), and ``num_workers`` does not
+    change the results.
+    """
+
+    seeded_by_epoch = True  # read by rkd_tutorial.train.fit
+
+    def __init__(self, dataset, batches, seed: int = 0, **kwargs) -> None:
+        # Its own generator: starting an epoch draws the workers' seed from it, not from torch's global
+        # generator, whose stream (e.g. the triplet loss's sampling) stays the same with or without workers.
+        super().__init__(EpochSeeded(dataset, seed), batch_sampler=_EpochTagged(batches),
+                         generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    @property
+    def batches(self):
+        """The batch sampler that chooses the images of each batch."""
+        return self.batch_sampler.batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
 
 
 def _check(dataset: str, role: str) -> None:
@@ -210,7 +296,7 @@ def paper_setup(
         download: CIFAR-100 only: let torchvision download it.
 
     Returns:
-        A dict with ``model`` (on ``device``), ``loader`` (a torch ``DataLoader``),
+        A dict with ``model`` (on ``device``), ``loader`` (an :class:`EpochDataLoader`),
         ``test_loader``, ``optimizer``, ``scheduler`` (``MultiStepLR``, stepped once per
         epoch), ``terms`` (for :func:`rkd_tutorial.train.fit`), ``epochs``, ``config``
         (a :class:`~rkd_tutorial.train.TrainConfig` with the same optimiser and schedule:
@@ -229,17 +315,16 @@ def paper_setup(
         model = _cifar_model(role)
         train_set = _cifar100(root, train=True, transform=_cifar_transforms(True), download=download)
         test_set = _cifar100(root, train=False, transform=_cifar_transforms(False), download=download)
-        g = torch.Generator().manual_seed(seed)
-        loader = DataLoader(train_set, batch_size=batch_size or p["batch_size"], shuffle=True, generator=g,
-                            num_workers=workers, pin_memory=pin, drop_last=True,
-                            persistent_workers=workers > 0)
+        batch = batch_size or p["batch_size"]
+        loader = EpochDataLoader(train_set, ShuffledBatches(len(train_set), batch, seed), seed,
+                                 num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
         test_loader = DataLoader(test_set, batch_size=OFFICIAL["cifar_test_batch_size"], shuffle=False,
                                  num_workers=workers, pin_memory=pin)
         config = TrainConfig(epochs=p["epochs"], lr=p["lr"], optimizer="sgd", momentum=p["momentum"],
                              weight_decay=p["weight_decay"], milestones=p["milestones"], gamma=p["gamma"], seed=seed)
         terms = [ce()] if role == "teacher" else [ce(), rkd(p["rkd_distance"], p["rkd_angle"])]
         settings = {"backbone": "resnet50" if role == "teacher" else "resnet18", "small_image_stem": True,
-                    "features": p["features"], "pretrained": False, "batch_size": loader.batch_size,
+                    "features": p["features"], "pretrained": False, "batch_size": batch,
                     "loss": "cross-entropy" + ("" if role == "teacher"
                                                else f" + {p['rkd_distance']:g} RKD-D + {p['rkd_angle']:g} RKD-A")}
     else:
@@ -252,7 +337,7 @@ def paper_setup(
         test_set = cls(root, "test", transform=_image_transforms(False, image_size))
         sampler = ClassBalancedBatchSampler(train_set.targets, m, batch, seed=seed,
                                             num_batches=num_batches or OFFICIAL["batches_per_epoch"])
-        loader = EpochDataLoader(train_set, batch_sampler=sampler, num_workers=workers, pin_memory=pin,
+        loader = EpochDataLoader(train_set, sampler, seed, num_workers=workers, pin_memory=pin,
                                  persistent_workers=workers > 0)
         test_loader = DataLoader(test_set, batch_size=128, shuffle=False, num_workers=workers, pin_memory=pin)
         config = TrainConfig(epochs=p["epochs"], lr=p["lr"], optimizer="adam",
@@ -277,16 +362,12 @@ def paper_setup(
         teacher = teacher.to(device).eval()
         for q in teacher.parameters():
             q.requires_grad_(False)
-    params = list(model.parameters())
-    if config.optimizer == "adam":
-        optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(model.parameters(), config, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
     settings.update(dataset=dataset, role=role, optimizer=config.optimizer, lr=config.lr,
                     weight_decay=config.weight_decay, momentum=config.momentum if config.optimizer == "sgd" else None,
                     epochs=config.epochs, milestones=list(config.milestones), gamma=config.gamma,
-                    train_images=len(train_set), test_images=len(test_set))
+                    train_images=len(train_set), test_images=len(test_set), num_workers=workers)
     return {"model": model, "loader": loader, "test_loader": test_loader, "optimizer": optimizer,
             "scheduler": scheduler, "terms": terms, "epochs": config.epochs, "config": config,
             "teacher": teacher if role == "student" else None, "settings": settings}
@@ -318,9 +399,12 @@ def run_paper(
     Writes ``out/paper-<dataset>.json`` and ``.md`` (the layout of
     :mod:`rkd_tutorial.experiments`: ``{"provenance": {...}, "rows": [...]}``, one
     row for the teacher and one for the student, with Recall@K or accuracy of the
-    last epoch). With ``checkpoint_dir``, both stages save their state after every
-    epoch and resume from it (:func:`rkd_tutorial.train.fit`); a finished teacher
-    is reused.
+    last epoch; the provenance's ``teacher_settings`` / ``student_settings`` hold
+    the hyperparameters and, under ``"training"``, what ``fit`` ran with:
+    precision, DataLoader workers, ``"resume": "exact"``). With ``checkpoint_dir``,
+    both stages save their state after every epoch and resume from it
+    (:func:`rkd_tutorial.train.fit`), exactly, whatever the number of workers
+    (:class:`EpochDataLoader`); a finished teacher is reused.
 
     Args:
         epochs: override both stages' epochs (e.g. 1 for a smoke test); the
@@ -347,6 +431,7 @@ def run_paper(
             f"training images")
         history = fit(s["model"], s["loader"], s["terms"], cfg, teacher=s["teacher"], checkpoint=path,
                       progress=progress, desc=f"{dataset} {role}")
+        s["settings"]["training"] = history.settings  # precision, workers, whether a resume is exact, ...
         metrics = _evaluate(dataset, s["model"], s["test_loader"])
         method = "teacher" if role == "teacher" else "rkd-da"   # cifar100: cross-entropy + RKD-DA
         row = {"method": method, "seed": seed, "backbone": s["settings"]["backbone"], **metrics,

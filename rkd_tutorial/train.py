@@ -14,19 +14,38 @@ scalar; the total loss is ``sum(weight * term)``, the RKD paper's Eq. (8)
 FitNet regressor) are trained with the student.
 
 The loop returns a :class:`History` (per-epoch loss of every term and any
-metric ``evaluate`` returns) and, given a checkpoint path, saves its whole
-state after every epoch, atomically, and resumes from it: a resumed run ends
-where an uninterrupted one would.
+metric ``evaluate`` returns, and the settings it ran with) and, given a
+checkpoint path, saves its whole state after every epoch, atomically, and
+resumes from it (:func:`fit` says when the resumed run is exact).
+
+It is also the package's fast path: the one loop that the chapters, the
+command line, the recipes and ``python -m rkd_tutorial.bench pipeline`` run.
+What makes it fast, each switched by a :class:`TrainConfig` field whose
+default is "where it pays" (the CPU runs the plain loop):
+
+* no host synchronisation inside an epoch: the losses are summed on the
+  device and read, and checked for NaN, once at its end;
+* the frozen teacher is prepared for inference (batch norm folded, weights in
+  the autocast dtype) and, where the data are not augmented, run once over
+  the data before training (its outputs are looked up per batch);
+* the precision the hardware runs natively (:func:`autocast_dtype`);
+* the optimiser's fused kernel, ``channels_last`` convolutions, and
+  optionally ``torch.compile`` (off by default).
+
+Device-resident data is the loader's business
+(:class:`~rkd_tutorial.data.DeviceLoader`); any loader of ``(x, y)`` batches works.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -34,11 +53,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .losses import FitNetHint, HardDarkRank, RKDLoss, attention_loss, hkd_loss, triplet_loss
-from .models import Output
+from .models import Output, fold_batchnorm
 from .provenance import write_atomic
 
 __all__ = [
     "Term", "TrainConfig", "History", "fit", "seed_everything", "save_atomic",
+    "autocast_dtype", "make_optimizer", "prepare_teacher",
     "ce", "triplet", "rkd", "hkd", "fitnet", "attention", "darkrank",
 ]
 
@@ -98,11 +118,32 @@ def darkrank(weight: float = 1.0, alpha: float = 2.0, beta: float = 3.0, list_le
     return Term("darkrank", weight, lambda s, t, y: loss(s.embedding, t.embedding))
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- configuration
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings. ``optimizer``: "adam" or "sgd"; ``milestones``: epochs where ``lr *= gamma``."""
+    """Optimisation settings, and the switches of the fast path.
+
+    Optimisation: ``optimizer`` is "adam" or "sgd"; at each epoch listed in
+    ``milestones`` the learning rate is multiplied by ``gamma``.
+
+    Speed. Each switch changes how the numbers are computed, not what is
+    computed: results agree up to rounding (``tests/test_train.py`` measures how
+    closely). ``None`` means "where it pays", which is on a CUDA GPU:
+
+    * ``autocast``: ``"auto"`` runs the networks in the precision the hardware
+      runs natively (:func:`autocast_dtype`: bfloat16, float16 with a gradient
+      scaler, or float32); or give a dtype (``torch.bfloat16``, or its name), or
+      ``None`` for float32. The losses are always computed in float32.
+    * ``fused``: the optimiser's fused kernel (one launch updates every parameter).
+    * ``channels_last``: convolutions in NHWC layout, the one tensor cores use.
+    * ``prepare_teacher``: run a copy of the frozen teacher made for inference
+      (:func:`prepare_teacher`).
+    * ``compile``: ``torch.compile`` the networks with this mode: ``"default"``,
+      ``"reduce-overhead"`` (adds CUDA graphs: the step's kernels are launched
+      as one), ``"max-autotune"``; ``None``: eager. Compiling takes a minute or
+      more before the first step, so it is off unless asked for.
+    """
 
     epochs: int = 10
     lr: float = 1e-3
@@ -112,14 +153,30 @@ class TrainConfig:
     milestones: Sequence[int] = ()
     gamma: float = 0.1
     seed: int = 0
-    autocast: Optional[torch.dtype] = None     # e.g. torch.bfloat16 on a GPU
+    autocast: Union[str, torch.dtype, None] = "auto"
+    fused: Optional[bool] = None
+    channels_last: Optional[bool] = None
+    prepare_teacher: Optional[bool] = None
+    compile: Optional[str] = None
 
 
 @dataclass
 class History:
-    """Per-epoch records: ``[{'epoch': 1, 'loss': ..., 'rkd-da': ..., 'recall@1': ...}, ...]``."""
+    """What a run of :func:`fit` produced and how.
+
+    ``records``: one dict per epoch, ``[{'epoch': 1, 'loss': ..., 'rkd-da': ..., 'recall@1': ...}, ...]``.
+    ``settings``: what the :class:`TrainConfig` switches resolved to on this
+    device and loader (precision, optimiser, teacher, workers, whether a resume
+    is exact), for the provenance of results.
+    """
 
     records: List[Dict[str, float]] = field(default_factory=list)
+    settings: Dict[str, object] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        """The precision the networks ran in, e.g. ``'float32'``, ``'bfloat16'`` or ``'float16 + GradScaler'``."""
+        return self.settings.get("precision", "float32")
 
     def series(self, key: str) -> List[float]:
         """One column, e.g. ``history.series('loss')``."""
@@ -140,13 +197,73 @@ def save_atomic(obj, path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _optimizer(params, config: TrainConfig):
+# ----------------------------------------------------------------------------- the switches, resolved
+
+def autocast_dtype(device) -> Optional[torch.dtype]:
+    """The autocast precision that ``device`` runs natively; None means float32.
+
+    * CUDA, compute capability 8.0 or newer (A100, L4, H100, ...): bfloat16,
+      which their tensor cores run, with float32's range.
+    * Older CUDA GPUs (T4: 7.5, V100: 7.0): float16, the only half precision
+      their tensor cores run. Its narrow range can flush small gradients to
+      zero, so :func:`fit` scales the loss (``torch.amp.GradScaler``).
+    * The CPU and other devices: None (float32).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def _autocast(setting, device: torch.device) -> Optional[torch.dtype]:
+    """``TrainConfig.autocast`` resolved to a dtype: "auto", a dtype, a dtype's name, or None (float32)."""
+    if isinstance(setting, str):
+        setting = autocast_dtype(device) if setting == "auto" else getattr(torch, setting)
+    return None if setting in (None, torch.float32) else setting
+
+
+def _on_cuda(switch: Optional[bool], device: torch.device) -> bool:
+    """A speed switch of :class:`TrainConfig`: as given, or, when None, on CUDA only."""
+    return device.type == "cuda" if switch is None else bool(switch)
+
+
+def make_optimizer(params, config: TrainConfig, device) -> torch.optim.Optimizer:
+    """Adam or SGD with momentum, as ``config`` says; the fused kernel where ``config.fused`` says."""
+    fused = {"fused": True} if _on_cuda(config.fused, torch.device(device)) else {}
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, **fused)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               **fused)
     raise ValueError(f"TrainConfig.optimizer must be 'adam' or 'sgd', got {config.optimizer!r}")
 
+
+def prepare_teacher(teacher: nn.Module, dtype: Optional[torch.dtype] = None, channels_last: bool = False) -> nn.Module:
+    """A copy of the frozen ``teacher`` made for inference; ``teacher`` itself is left as it is.
+
+    Distillation only runs the teacher forward, in eval mode, so each batch
+    norm is folded into the convolution before it (the same function, one
+    kernel less per convolution: :func:`~rkd_tutorial.models.fold_batchnorm`),
+    the weights are stored in the autocast ``dtype`` (else autocast casts every
+    weight again at every step) and, with ``channels_last``, in NHWC layout.
+    """
+    prepared = fold_batchnorm(copy.deepcopy(teacher).eval()).requires_grad_(False)
+    if dtype is not None:
+        prepared = prepared.to(dtype)
+    return prepared.to(memory_format=torch.channels_last) if channels_last else prepared
+
+
+def _compiled(net: nn.Module, mode: Optional[str]):
+    """``torch.compile(net, mode=mode)``, or ``net`` itself (eager) when ``mode`` is None."""
+    return net if mode is None else torch.compile(net, mode=mode)
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+# ----------------------------------------------------------------------------- the loop
 
 def fit(
     model: nn.Module,
@@ -164,7 +281,8 @@ def fit(
 
     Args:
         teacher: a frozen network whose :class:`~rkd_tutorial.models.Output` the
-            distillation terms compare with (run in eval mode, without gradient).
+            distillation terms compare with (run in eval mode, without gradient;
+            on CUDA a copy prepared for inference, see :class:`TrainConfig`).
         evaluate: called with the model after each epoch; its dict is added to the history.
         checkpoint: a file path; if it exists, training resumes from it, and it is
             rewritten (atomically) after every epoch.
@@ -174,89 +292,128 @@ def fit(
             logits, run the frozen teacher once over the data before training and
             look its outputs up per batch, instead of a teacher forward pass per
             step. The result is the same; the teacher's cost is paid once.
+
+    Resuming. The checkpoint holds the model, the loss terms' own parameters,
+    the optimiser, the schedule, the gradient scaler, the history, and the
+    random state of torch (CPU and CUDA) and of the loader's ``generator``. A
+    resumed run therefore ends exactly where an uninterrupted one would when
+    the loader's random draws come from those or from ``(seed, epoch)``: a
+    :class:`~rkd_tutorial.data.DeviceLoader`, a ``DataLoader`` without workers
+    or with fresh workers every epoch, the recipes' loaders
+    (:class:`rkd_tutorial.recipes.EpochDataLoader`, with any number of workers).
+    It is not exact for a ``DataLoader`` with ``persistent_workers``, whose
+    workers keep their own random streams from epoch to epoch, nor for an
+    augmentation with a generator of its own. ``History.settings`` records the
+    loader, its workers and which case applies (``"resume"``).
     """
-    if not terms:
-        raise ValueError("fit: give at least one loss term, e.g. [ce()] or [triplet()]")
-    if teacher is None and any(t.needs_teacher for t in terms):
-        names = [t.name for t in terms if t.needs_teacher]
-        raise ValueError(f"fit: the terms {names} distil from a teacher; pass teacher=...")
+    _check_terms(terms, teacher)
     if not any(t.needs_teacher for t in terms):
         teacher = None  # e.g. a triplet-only student: no term reads the teacher, so never run it
     device = next(model.parameters()).device
+    dtype = _autocast(config.autocast, device)
+    channels_last = _on_cuda(config.channels_last, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     extras = nn.ModuleList([t.module for t in terms if t.module is not None]).to(device)
-    params = list(model.parameters()) + list(extras.parameters())
-    optimizer = _optimizer(params, config)
+    optimizer = make_optimizer(list(model.parameters()) + list(extras.parameters()), config, device)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config.milestones), config.gamma)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)  # float16 only: see autocast_dtype
+    parts = dict(model=model, extras=extras, optimizer=optimizer, scheduler=scheduler, scaler=scaler)
     history, start = History(), 0
     seed_everything(config.seed)
-
     if checkpoint is not None and Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        extras.load_state_dict(state["extras"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        history, start = History(state["history"]), state["epoch"]
-        torch.set_rng_state(state["rng"].cpu())
-        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu())
+        history.records, start = _load_checkpoint(checkpoint, device, parts, loader)
 
-    autocast = torch.autocast(device.type, dtype=config.autocast, enabled=config.autocast is not None)
-    cache = None
-    if teacher is not None:
-        teacher.eval()
-        if teacher_cache and _cacheable(loader, terms):
-            cache = _teacher_outputs(teacher, loader.images, autocast)
+    autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    teacher_outputs, cached, how = _frozen_teacher(teacher, loader, terms, config, device, dtype, autocast,
+                                                   channels_last, teacher_cache)
+    history.settings = _settings(config, device, dtype, optimizer, channels_last, how, loader)
+    forward = _compiled(model, config.compile)
     model.train()
     for epoch in range(start, config.epochs):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        sums = torch.zeros(len(terms) + 1, device=device)
-        steps = 0
-        batches = loader.iter_with_index() if cache is not None else ((None, x, y) for x, y in loader)
+        sums, steps = torch.zeros(len(terms) + 1, device=device), 0
+        batches = loader.iter_with_index() if cached else ((None, x, y) for x, y in loader)
         for index, x, y in tqdm(batches, total=len(loader), desc=f"{desc} {epoch + 1}/{config.epochs}",
                                 disable=not progress, leave=False):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x = _layout(x.to(device, non_blocking=True), channels_last)
+            y = y.to(device, non_blocking=True)
+            if config.compile is not None:
+                torch.compiler.cudagraph_mark_step_begin()  # a new step: CUDA graphs may reuse the last one's memory
             with autocast:
-                t_out = None
-                if cache is not None:
-                    t_out = Output(cache.embedding[index], None if cache.logits is None else cache.logits[index], cache.pooled[index], [])
-                elif teacher is not None:
-                    with torch.no_grad():
-                        t_out = teacher(x)
-                s_out = model(x)
-            values = [t.fn(_float(s_out), _float(t_out), y) for t in terms]
+                t_out = teacher_outputs(index, x) if teacher_outputs is not None else None
+                s_out = forward(x)
+            s_out, t_out = _float(s_out), _float(t_out)  # float32, each field when a term reads it
+            values = [t.fn(s_out, t_out, y) for t in terms]
             loss = sum(t.weight * v for t, v in zip(terms, values))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach()] + [v.detach().float() for v in values])
+            scaler.scale(loss).backward()    # the scaler does nothing unless the precision is float16
+            scaler.step(optimizer)
+            scaler.update()
+            sums += torch.stack([loss.detach()] + [v.detach().float() for v in values])  # on the device: no sync
             steps += 1
         scheduler.step()
-        if steps == 0:
-            raise ValueError("fit: the loader yielded no batch; is the dataset smaller than one batch?")
-        means = (sums / steps).tolist()                         # one host synchronisation per epoch
-        if not all(math.isfinite(m) for m in means):
-            bad = [n for n, m in zip(["loss"] + [t.name for t in terms], means) if not math.isfinite(m)]
-            raise FloatingPointError(
-                f"fit: the loss became NaN or inf in epoch {epoch + 1} ({', '.join(bad)}); lower the "
-                "learning rate or the loss weights, or check the inputs (no checkpoint was written "
-                "for this epoch)"
-            )
-        record = {"epoch": epoch + 1, "loss": means[0], **{t.name: m for t, m in zip(terms, means[1:])}}
+        record = {"epoch": epoch + 1, **_epoch_means(sums, steps, terms, epoch)}
         if evaluate is not None:
             record.update(evaluate(model))
             model.train()
         history.records.append(record)
         if checkpoint is not None:
-            save_atomic({
-                "model": model.state_dict(), "extras": extras.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "history": history.records, "epoch": epoch + 1, "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-            }, checkpoint)
+            _save_checkpoint(checkpoint, parts, history, epoch + 1, loader)
     model.eval()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)
     return history
+
+
+# ----------------------------------------------------------------------------- the loop's bookkeeping
+
+def _check_terms(terms: Sequence[Term], teacher: Optional[nn.Module]) -> None:
+    if not terms:
+        raise ValueError("fit: give at least one loss term, e.g. [ce()] or [triplet()]")
+    if teacher is None and any(t.needs_teacher for t in terms):
+        names = [t.name for t in terms if t.needs_teacher]
+        raise ValueError(f"fit: the terms {names} distil from a teacher; pass teacher=...")
+
+
+def _epoch_means(sums: torch.Tensor, steps: int, terms: Sequence[Term], epoch: int) -> Dict[str, float]:
+    """The epoch's mean loss and mean of each term: the epoch's one host synchronisation; stops on NaN or inf."""
+    if steps == 0:
+        raise ValueError("fit: the loader yielded no batch; is the dataset smaller than one batch?")
+    names = ["loss"] + [t.name for t in terms]
+    means = dict(zip(names, (sums / steps).tolist()))
+    bad = [n for n, m in means.items() if not math.isfinite(m)]
+    if bad:
+        raise FloatingPointError(
+            f"fit: the loss became NaN or inf in epoch {epoch + 1} ({', '.join(bad)}); lower the "
+            "learning rate or the loss weights, or check the inputs (no checkpoint was written "
+            "for this epoch)"
+        )
+    return means
+
+
+def _frozen_teacher(teacher, loader, terms, config, device, dtype, autocast, channels_last, cache):
+    """How the loop gets the teacher's outputs: ``(outputs(index, x) or None, cached, description)``."""
+    if teacher is None:
+        return None, False, None
+    teacher.eval()
+    how = "eval mode"
+    if _on_cuda(config.prepare_teacher, device):
+        teacher = prepare_teacher(teacher, dtype, channels_last)
+        how = "a copy prepared for inference (batch norm folded" + (f", {_name(dtype)} weights)" if dtype else ")")
+    if cache and _cacheable(loader, terms):
+        table = _teacher_outputs(teacher, loader.images, autocast, channels_last)
+        rows = lambda index, x: Output(table.embedding[index], None if table.logits is None else table.logits[index],
+                                       table.pooled[index], [])
+        return rows, True, how + ", its outputs computed once before training"
+    net = _compiled(teacher, config.compile)
+
+    def outputs(index, x):
+        with torch.no_grad():
+            return net(x)
+
+    return outputs, False, how + ", run at every step"
 
 
 def _cacheable(loader, terms: Sequence[Term]) -> bool:
@@ -266,21 +423,102 @@ def _cacheable(loader, terms: Sequence[Term]) -> bool:
 
 
 @torch.no_grad()
-def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, autocast, batch_size: int = 1024) -> Output:
+def _teacher_outputs(teacher: nn.Module, images: torch.Tensor, autocast, channels_last: bool,
+                     batch_size: int = 1024) -> Output:
     """The teacher's embedding, logits and pooled features for every stored image (no stages)."""
     outs = []
     for i in range(0, len(images), batch_size):
         with autocast:
-            o = teacher(images[i:i + batch_size])
-        outs.append(_float(o))
+            o = teacher(_layout(images[i:i + batch_size], channels_last))
+        outs.append(Output(_f32(o.embedding), _f32(o.logits), _f32(o.pooled), []))
     cat = lambda xs: None if xs[0] is None else torch.cat(xs)
     return Output(cat([o.embedding for o in outs]), cat([o.logits for o in outs]), cat([o.pooled for o in outs]), [])
 
 
-def _float(out: Optional[Output]) -> Optional[Output]:
-    """Losses are computed in float32 even under bf16 autocast (every field, each on its own:
-    an L2-normalised embedding comes out of autocast in float32 while the stages do not)."""
-    if out is None:
-        return out
-    f = lambda t: None if t is None else t.float()
-    return Output(f(out.embedding), f(out.logits), f(out.pooled), [f(s) for s in out.stages])
+def _f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.float()
+
+
+class _InFloat32:
+    """An :class:`~rkd_tutorial.models.Output` whose fields are cast to float32 when a loss term reads them.
+
+    The losses are computed in float32 even under autocast (every field on its
+    own: an L2-normalised embedding leaves autocast in float32, the feature maps
+    do not). A field that no term reads, such as the feature maps for RKD, is
+    never cast: under autocast that saves a float32 copy of each of them at
+    every step. On float32 outputs, ``.float()`` returns the tensor itself.
+    """
+
+    def __init__(self, out: Output) -> None:
+        self._out = out
+
+    @functools.cached_property
+    def embedding(self):
+        return _f32(self._out.embedding)
+
+    @functools.cached_property
+    def logits(self):
+        return _f32(self._out.logits)
+
+    @functools.cached_property
+    def pooled(self):
+        return _f32(self._out.pooled)
+
+    @functools.cached_property
+    def stages(self):
+        return [_f32(s) for s in self._out.stages]
+
+
+def _float(out: Optional[Output]) -> Optional[_InFloat32]:
+    return None if out is None else _InFloat32(out)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _settings(config, device, dtype, optimizer, channels_last, teacher, loader) -> Dict[str, object]:
+    """What ``config`` resolved to here (:attr:`History.settings`)."""
+    return {
+        "device": str(device),
+        "precision": "float32" if dtype is None else _name(dtype) + (" + GradScaler" if dtype == torch.float16 else ""),
+        "optimizer": config.optimizer + (" (fused)" if optimizer.defaults.get("fused") else ""),
+        "channels_last": channels_last,
+        "compile": config.compile,
+        "teacher": teacher,
+        "loader": type(loader).__name__,
+        "workers": getattr(loader, "num_workers", 0),
+        "resume": _resume_rule(loader),
+    }
+
+
+def _resume_rule(loader) -> str:
+    """Whether a resumed run reproduces an uninterrupted one with this loader (see :func:`fit`)."""
+    if getattr(loader, "persistent_workers", False) and not getattr(loader, "seeded_by_epoch", False):
+        return "not exact: persistent DataLoader workers keep random streams that a checkpoint does not hold"
+    return "exact"
+
+
+def _save_checkpoint(path, parts: dict, history: History, epoch: int, loader) -> None:
+    generator = getattr(loader, "generator", None)
+    save_atomic({
+        **{name: part.state_dict() for name, part in parts.items()},
+        "history": history.records, "epoch": epoch, "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        "loader_rng": generator.get_state() if generator is not None else None,
+    }, path)
+
+
+def _load_checkpoint(path, device, parts: dict, loader) -> Tuple[List[Dict[str, float]], int]:
+    """Restore ``parts`` (model, extras, optimizer, scheduler, scaler) and the random state; ``(records, epoch)``."""
+    state = torch.load(path, map_location=device, weights_only=True)
+    for name, part in parts.items():
+        if state.get(name):  # a disabled gradient scaler has an empty state
+            part.load_state_dict(state[name])
+    torch.set_rng_state(state["rng"].cpu())
+    if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu())
+    generator = getattr(loader, "generator", None)
+    if generator is not None and state.get("loader_rng") is not None:
+        generator.set_state(state["loader_rng"].cpu())
+    return state["history"], state["epoch"]

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the project, as one script (issues 4 and 5). Steps:
-#   tests     the fused kernels and the CUDA-graph step on CUDA (tests/test_kernels.py,
+#   tests     the fused kernels and train.fit's GPU settings on CUDA (tests/test_kernels.py,
 #             test_losses.py, test_bench_pipeline.py; the interpreter tests are left to CI:
 #             Triton 3.6's interpreter cannot take a run-time loop bound with a recent numpy)
-#   tune      python -m rkd_tutorial.kernels.tune     -> tune-angle-<device>.json
+#   pipeline  python -m rkd_tutorial.bench pipeline   -> bench-pipeline-<device>.json: train.fit
+#             with its defaults vs the conventional loop (16 and 2 workers), the goal's number;
+#             then fit with torch.compile(mode="reduce-overhead") (CUDA graphs) vs 16 workers
+#             -> bench-pipeline-<device>-compile-reduce-overhead.json
 #   losses    python -m rkd_tutorial.bench losses     -> bench-losses-<device>.json
-#   pipeline  python -m rkd_tutorial.bench pipeline   -> bench-pipeline.json (+ profiler tables)
+#   tune      python -m rkd_tutorial.kernels.tune     -> tune-angle-<device>.json
 #   full      the full-profile runs, 3 seeds each of metric (every student size) and classify,
 #             as six concurrent processes on the one GPU (small models leave it mostly idle
 #             otherwise), merged into metric-full.json/.md and classify-full.json/.md; the
@@ -13,11 +16,12 @@
 #
 # Usage, on the device (a copy of the working tree):
 #   bash scripts/gpu_run.sh --prepare           # HERE, before: fills .carry/ (data files, commit)
-#   OUT=$OUT bash scripts/gpu_run.sh            # all steps, about 10-11 minutes (over one device call's 10)
-#   OUT=$OUT STEPS="tests tune losses pipeline" bash scripts/gpu_run.sh   # ~4-5 min
-#   OUT=$OUT STEPS="full" bash scripts/gpu_run.sh                         # ~5-6 min
-# with the device tool's carry=[".carry"]. Each step has its own time limit (T_TESTS, T_TUNE,
-# T_LOSSES, T_PIPE, T_FULL seconds) and later steps run even when an earlier one fails; the
+#   OUT=$OUT STEPS="tests pipeline" bash scripts/gpu_run.sh   # one device call: the pipeline files, ~4-6 min
+#   OUT=$OUT STEPS="losses tune" bash scripts/gpu_run.sh       # ~2-3 min
+#   OUT=$OUT STEPS="full" bash scripts/gpu_run.sh              # ~5-6 min
+#   OUT=$OUT bash scripts/gpu_run.sh                           # all steps: more than one device call's 10 min
+# with the device tool's carry=[".carry"]. Each step has its own time limit (T_TESTS, T_PIPE,
+# T_PIPE_COMPILE, T_LOSSES, T_TUNE, T_FULL seconds) and later steps run even when an earlier one fails; the
 # log ($OUT/gpu-log.txt) says what happened. Without a network the Fashion-MNIST .gz files
 # must be in $FMNIST (default .carry/fashion-mnist, else Debian's /usr/share/datasets/fashion-mnist).
 set -u
@@ -37,7 +41,7 @@ fi
 OUT=${OUT:-results}
 mkdir -p "$OUT"
 PY=${PY:-python3}
-STEPS=${STEPS:-tests tune losses pipeline full}
+STEPS=${STEPS:-tests pipeline losses tune full}
 LOG="$OUT/gpu-log.txt"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 MPLBACKEND=Agg
 export RKD_DATA=${RKD_DATA:-/tmp/rkd_data}
@@ -63,9 +67,13 @@ if want tests; then
     fi
 fi
 
-if want tune; then
-    step "angle kernel launch settings"
-    timeout ${T_TUNE:-100} $PY -m rkd_tutorial.kernels.tune --n 128 1024 4096 --out "$OUT" || echo "tune failed or timed out"
+if want pipeline; then
+    step "pipeline benchmark: train.fit (defaults) vs the conventional loop"
+    timeout ${T_PIPE:-150} $PY -m rkd_tutorial.bench pipeline --out "$OUT" --workers 16 2 --epochs 2 \
+        || echo "pipeline benchmark failed or timed out"
+    step "pipeline benchmark: train.fit with torch.compile(mode='reduce-overhead') vs 16 workers"
+    timeout ${T_PIPE_COMPILE:-240} $PY -m rkd_tutorial.bench pipeline --out "$OUT" --workers 16 --epochs 2 \
+        --compile reduce-overhead || echo "compiled pipeline benchmark failed or timed out"
 fi
 
 if want losses; then
@@ -73,10 +81,9 @@ if want losses; then
     timeout ${T_LOSSES:-110} $PY -m rkd_tutorial.bench losses --out "$OUT" --check --budget-s 1 || echo "losses benchmark failed or timed out"
 fi
 
-if want pipeline; then
-    step "pipeline benchmark"
-    timeout ${T_PIPE:-120} $PY -m rkd_tutorial.bench pipeline --out "$OUT" --workers 16 2 --epochs 2 --profile-steps 5 \
-        || echo "pipeline benchmark failed or timed out"
+if want tune; then
+    step "angle kernel launch settings"
+    timeout ${T_TUNE:-100} $PY -m rkd_tutorial.kernels.tune --n 128 1024 4096 --out "$OUT" || echo "tune failed or timed out"
 fi
 
 if want full; then

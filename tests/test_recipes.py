@@ -7,6 +7,7 @@ and ``pretrained=False`` keeps everything offline.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -15,10 +16,11 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader
 
-from fakes import make_cars196, make_cifar100, make_cub200, make_sop
+from rkd_tutorial.data.fakes import make_cars196, make_cifar100, make_cub200, make_sop
 from rkd_tutorial import recipes
 from rkd_tutorial.experiments import PAPER
 from rkd_tutorial.recipes import paper_setup, run_paper
+from rkd_tutorial.train import fit
 
 TINY = dict(image_size=32, m_per_class=2, batch_size=4, num_batches=1, num_workers=0, device="cpu", pretrained=False)
 
@@ -122,7 +124,7 @@ def test_one_step_teacher_then_student(fake_root):
 def test_official_batch_is_whole_classes_of_five(tmp_path):
     make_cub200(tmp_path, classes=list(range(1, 27)) + [101, 102], per_class=5, size=(8, 8))
     s = paper_setup("cub200", tmp_path, "teacher", device="cpu", pretrained=False, image_size=32, num_workers=0)
-    sampler = s["loader"].batch_sampler
+    sampler = s["loader"].batches
     assert (sampler.batch_size, sampler.m_per_class, len(sampler)) == (125, 5, 100)
     assert s["settings"]["batch_size"] == 125 and s["settings"]["weight_decay"] == 1e-5
 
@@ -152,3 +154,44 @@ def test_errors_are_explained(tmp_path):
         paper_setup("cub200", tmp_path, role="assistant")
     with pytest.raises(FileNotFoundError, match="images.txt"):
         paper_setup("cub200", tmp_path, pretrained=False, device="cpu")
+
+
+def test_resume_with_workers_is_exact_and_the_worker_count_changes_nothing(tmp_path):
+    """Issue "Exact where it was not": the recipes' loaders draw every random crop and flip from
+    (seed, epoch, image), so a run resumed with fresh workers is the uninterrupted run (persistent
+    workers would otherwise have carried their random streams on), and 0 or 2 workers give the same run."""
+    root = make_cub200(tmp_path / "data", classes=(1, 2, 3, 101, 102), per_class=4, size=(40, 36))
+    tiny = dict(image_size=32, m_per_class=2, batch_size=4, num_batches=2, device="cpu", pretrained=False)
+
+    def train(workers, epochs, checkpoint=None):
+        s = paper_setup("cub200", root, "teacher", num_workers=workers, **tiny)  # the triplet teacher: it samples too
+        h = fit(s["model"], s["loader"], s["terms"], dataclasses.replace(s["config"], epochs=epochs),
+                checkpoint=checkpoint, progress=False)
+        return s["model"], h
+
+    model, full = train(2, 3)
+    assert full.settings["workers"] == 2 and full.settings["resume"] == "exact"
+    ckpt = tmp_path / "teacher.pt"
+    train(2, 1, ckpt)                          # stopped after one epoch ...
+    resumed_model, resumed = train(2, 3, ckpt)  # ... and resumed by new workers
+    assert resumed.series("loss") == full.series("loss")
+    for (name, a), b in zip(model.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+    _, no_workers = train(0, 3)
+    assert no_workers.series("loss") == full.series("loss")
+
+
+def test_epoch_seeded_images_depend_on_seed_epoch_and_index_only(tmp_path):
+    make_cub200(tmp_path, classes=(1, 2, 101, 102), per_class=2)
+    s = paper_setup("cub200", tmp_path, "teacher", **TINY)
+    data = s["loader"].dataset
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = data[(0, 1)][0]
+    assert torch.equal(torch.get_rng_state(), state)   # the caller's generator is left alone
+    assert torch.equal(a, data[(0, 1)][0]) and not torch.equal(a, data[(1, 1)][0])
+    batches = recipes.ShuffledBatches(10, 3, seed=0)
+    first = list(batches)
+    assert len(first) == len(batches) == 3 and len({i for b in first for i in b}) == 9
+    batches.set_epoch(1)
+    assert list(batches) != first

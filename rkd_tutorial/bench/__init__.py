@@ -6,10 +6,11 @@ imported only when chosen, see :mod:`rkd_tutorial.bench.__main__`):
 * ``losses`` (:mod:`.losses`): RKD-D+A forward+backward, the direct
   formulation vs the package (fused Triton kernels on CUDA, chunked on CPU)
   vs the chunked path forced on CUDA; time and peak memory.
-* ``pipeline`` (:mod:`.pipeline`): one epoch of distillation, the
-  conventional way (:mod:`.conventional`) and the project's way
-  (:mod:`.graph_step`: the step, eager or captured in a CUDA graph).
+* ``pipeline`` (:mod:`.pipeline`): epochs of distillation with
+  :func:`rkd_tutorial.train.fit`, the loop that readers run, against the
+  conventional loop of the official code (:mod:`.conventional`).
 
+The benchmarks measure; they hold no training loop of the package's own.
 Results go to ``results/bench-<subcommand>-<device>.json``, written atomically,
-with a ``provenance`` block (:func:`.common.provenance`).
+with a ``provenance`` block (:func:`rkd_tutorial.provenance.stamp`).
 """

@@ -19,8 +19,7 @@ import sys
 #: name -> (module inside rkd_tutorial.bench, one-line help)
 SUBCOMMANDS = {
     "losses": (".losses", "RKD-D+A forward+backward: direct vs package (Triton on CUDA) vs chunked"),
-    # Added by its own issue in rkd_tutorial/bench/pipeline.py (add_arguments + run).
-    "pipeline": (".pipeline", "the training pipeline end to end (rkd_tutorial/bench/pipeline.py)"),
+    "pipeline": (".pipeline", "epochs of distillation: train.fit vs the conventional loop of the official code"),
 }
 
 

@@ -16,9 +16,8 @@ Peak memory *above the inputs*:
   ``VmHWM - VmRSS(before)`` from ``/proc/self/status``. Resident pages, so
   it counts what the run touched (allocations never written are not
   counted), for every allocator, exactly at page granularity. Where
-  ``clear_refs`` cannot be written, a thread samples ``VmRSS`` every
-  millisecond instead (may miss short peaks); :func:`cpu_memory_method`
-  says which was used.
+  ``clear_refs`` cannot be written (not Linux, or not allowed), the peak is
+  not measured (NaN); :func:`cpu_memory_method` says which applies.
 """
 
 from __future__ import annotations
@@ -26,12 +25,11 @@ from __future__ import annotations
 import ctypes
 import re
 import statistics
-import threading
 import time
 
 import torch
 
-from ..provenance import device_name, git_commit, stamp, write_json_atomic  # noqa: F401  (re-exported)
+from ..provenance import device_name, stamp, write_json_atomic  # noqa: F401  (re-exported)
 
 MIB = 1 << 20
 
@@ -44,11 +42,6 @@ def device_slug(device: torch.device) -> str:
     if device.type != "cuda":
         return "cpu"
     return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
-
-
-def provenance(device: torch.device, wall_s: float) -> dict:
-    """The provenance block of a benchmark file (:func:`rkd_tutorial.provenance.stamp`)."""
-    return stamp(device, wall_s)
 
 
 # ----------------------------------------------------------------------------- timing
@@ -96,9 +89,10 @@ def time_ms(fn, device: torch.device, reps: int, warmup: int, budget_s: float) -
 # ----------------------------------------------------------------------------- peak memory
 
 
-def _proc_status_kib(field: str) -> int | None:
+def _proc_kib(field: str, path: str = "/proc/self/status") -> int | None:
+    """A ``Field:  123 kB`` line of a Linux ``/proc`` file, in KiB (None where there is none)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -124,13 +118,13 @@ def _reset_hwm() -> bool:
 
 
 def cpu_memory_method() -> str:
-    if _proc_status_kib("VmHWM") is not None and _reset_hwm():
+    if _proc_kib("VmHWM") is not None and _reset_hwm():
         return "peak RSS: VmHWM after malloc_trim + clear_refs(5), minus VmRSS before"
-    return "peak RSS: VmRSS sampled every 1 ms by a thread, minus VmRSS before"
+    return "not measured: /proc/self/clear_refs cannot be written here"
 
 
 def peak_mib(fn, device: torch.device) -> float:
-    """Peak memory of one call of ``fn()`` above what was allocated before it, in MiB."""
+    """Peak memory of one call of ``fn()`` above what was allocated before it, in MiB (NaN if unmeasurable)."""
     if device.type == "cuda":
         synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -139,29 +133,12 @@ def peak_mib(fn, device: torch.device) -> float:
         synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / MIB
     _malloc_trim()
-    base = _proc_status_kib("VmRSS")
-    if base is None:
+    base = _proc_kib("VmRSS")
+    if base is None or not _reset_hwm():
+        fn()
         return float("nan")
-    if _reset_hwm():
-        fn()
-        return (_proc_status_kib("VmHWM") - base) / 1024
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _proc_status_kib("VmRSS") or 0)
-            time.sleep(0.001)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        thread.join()
-    peak[0] = max(peak[0], _proc_status_kib("VmRSS") or 0)
-    return (peak[0] - base) / 1024
+    fn()
+    return (_proc_kib("VmHWM") - base) / 1024
 
 
 def memory_limit_bytes(device: torch.device, cpu_cap_gib: float) -> int:
@@ -169,13 +146,6 @@ def memory_limit_bytes(device: torch.device, cpu_cap_gib: float) -> int:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(0.8 * free)
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = _proc_kib("MemAvailable", "/proc/meminfo")
     cap = int(cpu_cap_gib * (1 << 30))
-    return min(cap, int(0.6 * avail)) if avail else cap
+    return min(cap, int(0.6 * avail * 1024)) if avail else cap

@@ -1,23 +1,33 @@
-"""The conventional pipeline: what the official RKD code does, as the benchmark's yardstick.
+"""The conventional training loop, as the official RKD code runs it: the yardstick of ``bench pipeline``.
 
-Part of ``python -m rkd_tutorial.bench pipeline`` (:mod:`.pipeline` explains
-the benchmark): a per-image ``DataLoader`` with workers and torchvision
-transforms, eager float32, the direct RKD formulation
-(:mod:`rkd_tutorial.losses.direct`), ``loss.item()`` every step.
+The official code (github.com/lenscloth/RKD, ``run_distill.py``) trains the
+way most PyTorch code does:
+
+* a torchvision dataset whose images are transformed one at a time, as PIL
+  images (``RandomCrop(28, padding=2)``, ``RandomHorizontalFlip``,
+  ``ToTensor``, ``Normalize``), in ``DataLoader`` worker processes, then
+  collated and copied to the device batch by batch;
+* eager float32 and the direct RKD formulation
+  (:mod:`rkd_tutorial.losses.direct`: ``N x N x D`` and ``N^3`` tensors);
+* ``loss.item()`` at every step, to log it: the host waits for the device to
+  finish the step before it may queue the next one.
+
+:mod:`.pipeline` times this loop against :func:`rkd_tutorial.train.fit`.
+The workers persist from epoch to epoch (``persistent_workers``), so their
+start-up is paid once, in the warm-up epoch: a small favour to this loop.
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, List, Optional
+from typing import List, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 
-if TYPE_CHECKING:
-    from .pipeline import Data
 
 def conventional_transform(augment: bool = True):
-    """The per-image torchvision transform of the conventional pipeline (PIL image -> normalised tensor)."""
+    """The per-image torchvision transform (PIL image -> normalised tensor), as in the official code."""
     from torchvision import transforms
 
     from ..data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
@@ -27,70 +37,43 @@ def conventional_transform(augment: bool = True):
     return transforms.Compose(steps)
 
 
-class EpochBatches:
-    """A ``batch_sampler`` whose epoch and length can be set: ``steps`` batches of epoch ``epoch``.
-
-    Wraps the class-balanced sampler (or plain shuffling) so that the warm-up
-    and the timed epochs of a *persistent-worker* ``DataLoader`` can have
-    different lengths: the loader asks for ``iter(batch_sampler)`` at the
-    start of every epoch.
-    """
-
-    def __init__(self, batches_of_epoch: Callable[[int], torch.Tensor], steps: int) -> None:
-        self.batches_of_epoch = batches_of_epoch
-        self.epoch = 0
-        self.steps = steps
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __iter__(self):
-        yield from self.batches_of_epoch(self.epoch)[: self.steps].tolist()
-
-
-def build_conventional(data: Data, device: torch.device, workers: int, steps: int):
-    """Dataset, batch sampler and ``DataLoader`` of the conventional variant."""
+def conventional_loader(root, indices: Sequence[int], batch_sampler, device: torch.device, workers: int):
+    """Fashion-MNIST training images ``indices`` as torchvision reads them, in ``batch_sampler``'s batches."""
     import torchvision
     from torch.utils.data import DataLoader, Subset
 
-    full = torchvision.datasets.FashionMNIST(str(data.root), train=True, transform=conventional_transform(),
+    full = torchvision.datasets.FashionMNIST(str(root), train=True, transform=conventional_transform(),
                                              download=False)
-    dataset = Subset(full, data.indices.tolist())
-    batches = EpochBatches(data.batch_source(), steps)
-    loader = DataLoader(
-        dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-    return loader, batches
+    return DataLoader(Subset(full, list(indices)), batch_sampler=batch_sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
-def conventional_epoch(loader, batches: EpochBatches, epoch: int, steps: int, teacher, student, optimizer,
-                       loss_fn: Callable, device: torch.device, first: Optional[list] = None) -> List[float]:
-    """One epoch as the official code runs it; returns the per-step losses (read with ``.item()``).
+def direct_rkd(student: torch.Tensor, teacher: torch.Tensor, distance_weight: float, angle_weight: float):
+    """``distance_weight * RKD-D + angle_weight * RKD-A`` (Eq. 8), in the direct formulation."""
+    from ..losses.direct import direct_angle_loss, direct_distance_loss
 
-    ``loss_fn(student_embedding, teacher_embedding)`` is the direct RKD formulation
-    (:func:`rkd_tutorial.bench.pipeline.direct_rkd`).
+    return distance_weight * direct_distance_loss(student, teacher) + angle_weight * direct_angle_loss(student, teacher)
 
-    ``first``, if given, receives the seconds from ``iter(loader)`` to the
-    first batch (worker start-up on the first epoch of a persistent loader).
-    """
-    batches.set_epoch(epoch)
-    batches.steps = steps
-    losses: List[float] = []
-    t0 = time.perf_counter()
-    for x, y in loader:
-        if first is not None and not losses:
-            first.append(time.perf_counter() - t0)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.no_grad():
-            t = teacher(x).embedding
-        s = student(x).embedding
-        loss = loss_fn(s, t)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+
+def train_conventionally(loader, teacher: nn.Module, student: nn.Module, epochs: int, lr: float,
+                         weights: Tuple[float, float], device: torch.device) -> Tuple[List[float], List[float]]:
+    """``epochs`` epochs of the official loop with Adam; the clock at the end of each epoch, and each epoch's mean loss."""
+    teacher.eval()
+    student.train()
+    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    ends, means = [], []
+    for epoch in range(epochs):
+        loader.batch_sampler.set_epoch(epoch)
+        losses = []
+        for x, _ in loader:
+            x = x.to(device, non_blocking=True)
+            with torch.no_grad():
+                t = teacher(x).embedding
+            loss = direct_rkd(student(x).embedding, t, *weights)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())  # logged every step: the host waits for the device
+        ends.append(time.perf_counter())
+        means.append(sum(losses) / len(losses))
+    return ends, means

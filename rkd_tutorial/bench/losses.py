@@ -277,7 +277,7 @@ def run(args) -> int:
 
     print_table(rows, checks, device)
     payload = {
-        "provenance": common.provenance(device, time.perf_counter() - t_start),
+        "provenance": common.stamp(device, time.perf_counter() - t_start),
         "config": {
             "loss": "distance_weight * RKD-D + angle_weight * RKD-A, forward + backward",
             "distance_weight": args.distance_weight, "angle_weight": args.angle_weight,

@@ -52,7 +52,7 @@ class MetricProfile:
     teacher_lr: float = 1e-3
     student_lr: float = 1e-3
     augment: bool = False                # the teacher's training only (see teachers._fit_teacher)
-    autocast: Optional[str] = None       # "auto": chosen by the hardware (train.TrainConfig)
+    autocast: Optional[str] = "auto"     # the hardware chooses (train.autocast_dtype); None: float32
     smoke: bool = False
 
 
@@ -70,7 +70,7 @@ class ClassifyProfile:
     student_epochs: int = 10
     lr: float = 1e-3
     augment: bool = False                # the teacher's training only
-    autocast: Optional[str] = None
+    autocast: Optional[str] = "auto"     # the hardware chooses (train.autocast_dtype); None: float32
     smoke: bool = False
 
 
@@ -85,7 +85,7 @@ METRIC_PROFILES: Dict[str, MetricProfile] = {
         "full", teacher_backbone="resnet18", teacher_dim=512,
         student_backbone="cnn-32-64-128", student_dims=(64, 128, 32),
         train_per_class=None, test_per_class=None, batch_size=128, m_per_class=32,
-        teacher_epochs=10, student_epochs=8, augment=True, autocast="auto",
+        teacher_epochs=10, student_epochs=8, augment=True,
     ),
 }
 
@@ -97,7 +97,7 @@ CLASSIFY_PROFILES: Dict[str, ClassifyProfile] = {
     "full": ClassifyProfile(
         "full", teacher_backbone="resnet18", student_backbone="cnn-16-32-64",
         train_per_class=None, test_per_class=None, batch_size=128,
-        teacher_epochs=8, student_epochs=6, augment=True, autocast="auto",
+        teacher_epochs=8, student_epochs=6, augment=True,
     ),
 }
 

@@ -27,8 +27,12 @@ follows from ``dL/dQ`` in two matrix products. Nothing of size ``N^3`` or
   small ``N x N`` passes of the distance loss);
 * :mod:`.functions`: the host side: centring, squared distances, launches,
   the gradient assembly and the ``torch.autograd.Function``;
-* :mod:`.check`: compares them with the float64 direct formulation
-  (``python -m rkd_tutorial.kernels.check``).
+* :mod:`.check`: compares them with a float64 reference, the direct
+  formulation written out again (``python -m rkd_tutorial.kernels.check``);
+* :mod:`.env`: whether Triton and its CPU interpreter are there.
+
+The subpackage imports nothing else of ``rkd_tutorial``: :mod:`rkd_tutorial.losses`
+calls it, never the other way round.
 
 Public API (same calling convention as :mod:`rkd_tutorial.losses`):
 
@@ -45,25 +49,11 @@ which must be set before Triton is first imported).
 
 from __future__ import annotations
 
-import functools
 import os
 
-__all__ = ["available", "rkd_distance_loss", "rkd_angle_loss", "rkd_loss"]
+from .env import interpreter_enabled, triton_importable
 
-
-@functools.lru_cache(maxsize=None)
-def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:  # ImportError, or a broken install
-        return False
-    return True
-
-
-def interpreter_enabled() -> bool:
-    """True when Triton's CPU interpreter is requested (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+__all__ = ["available", "interpreter_enabled", "rkd_distance_loss", "rkd_angle_loss", "rkd_loss"]
 
 
 def available() -> bool:
@@ -74,7 +64,7 @@ def available() -> bool:
     """
     if os.environ.get("RKD_DISABLE_TRITON", "0") not in ("", "0"):
         return False
-    if not _triton_importable():
+    if not triton_importable():
         return False
     if interpreter_enabled():
         return True

@@ -33,8 +33,8 @@ import math
 import torch
 import triton
 
-from . import interpreter_enabled
 from . import triton_kernels as K
+from .env import interpreter_enabled
 
 __all__ = ["rkd_loss", "launch_config"]
 

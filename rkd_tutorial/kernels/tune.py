@@ -12,7 +12,8 @@ and every ``N`` this times RKD-D + 2 RKD-A forward + backward (fp32,
 ``Ds = 128``, ``Dt = 512``, CUDA events, median; the first calls compile) and
 compares loss and gradient with the default setting's (relative error; the
 settings differ only in summation order). Prints a table; with ``--out``
-also writes ``tune-angle-<device>.json`` with provenance. It changes
+also writes ``tune-angle-<device>.json`` with provenance (device, versions,
+date; the commit is the run script's to record). It changes
 nothing: copy a better setting into :mod:`.functions` by hand, with the
 measurement in ``rkd_tutorial/kernels_NOTES.md``.
 """
@@ -21,6 +22,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import json
+import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,9 +61,27 @@ def knobs(**values):
         F.launch_config.cache_clear()
 
 
-def measure(ns, reps: int = 10, ds: int = 128, dt: int = 512) -> list[dict]:
-    from ..bench.common import time_ms
+def time_ms(fn, reps: int, warmup: int = 3, budget_s: float = 10.0) -> float:
+    """Median milliseconds of ``fn()`` on the GPU (CUDA events), after ``warmup`` calls (the first ones compile).
 
+    Stops repeating once the repetitions took ``budget_s`` seconds. (A few lines
+    of :mod:`rkd_tutorial.bench.common`'s timer, repeated here: the kernels
+    import nothing above them.)
+    """
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    while len(samples) < max(1, reps) and sum(samples) < budget_s * 1e3:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    return statistics.median(samples)
+
+
+def measure(ns, reps: int = 10, ds: int = 128, dt: int = 512) -> list[dict]:
     rows = []
     for n in ns:
         g = torch.Generator(device="cuda").manual_seed(n)
@@ -75,7 +98,7 @@ def measure(ns, reps: int = 10, ds: int = 128, dt: int = 512) -> list[dict]:
                         loss.backward()
                         return loss
 
-                    ms, _ = time_ms(call, torch.device("cuda"), reps, warmup=3, budget_s=10.0)  # first calls compile
+                    ms = time_ms(call, reps)
                     row["ms"] = round(ms, 4)
                     loss = call().detach().double()
                     grad = s.grad.detach().double()
@@ -100,14 +123,18 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("python -m rkd_tutorial.kernels.tune: needs a CUDA GPU (timings of GPU launch settings)", file=sys.stderr)
         return 2
-    from ..bench.common import device_slug, provenance, write_json_atomic
-
     start = time.time()
     rows = measure(args.n, args.reps)
     if args.out is not None:
-        device = torch.device("cuda")
-        path = args.out / f"tune-angle-{device_slug(device)}.json"
-        write_json_atomic(path, {"provenance": provenance(device, time.time() - start), "rows": rows})
+        import triton
+
+        name = torch.cuda.get_device_name()
+        provenance = {"device": name, "torch": torch.__version__, "triton": triton.__version__,
+                      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                      "wall_s": round(time.time() - start, 3)}
+        path = Path(args.out) / f"tune-angle-{re.sub(r'[^a-z0-9]+', '-', name.lower()).strip('-')}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"provenance": provenance, "rows": rows}, indent=2) + "\n")
         print(f"wrote {path}")
     return 0
 
