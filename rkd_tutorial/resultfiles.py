@@ -65,20 +65,35 @@ def results_path(name: str) -> Path:
     return results_dir() / name
 
 
-def load_results(name: str) -> Optional[dict]:
-    """Read a results file of :func:`results_dir`, or None when it is not there.
+def _how_to_make(name: str) -> str:
+    stem = name.rsplit(".", 1)[0]
+    if stem.startswith("bench-"):
+        kind = stem.split("-")[1]
+        return f"python -m rkd_tutorial.bench {kind} --out DIR"
+    experiment, _, profile = stem.partition("-")
+    return f"python -m rkd_tutorial {experiment} --profile {profile or 'quick'} --seeds 5 --out DIR"
+
+
+def load_results(name: str, required: bool = False) -> Optional[dict]:
+    """Read a results file of :func:`results_dir`; None when it is not there (``required``: an error).
 
     Raises ``ValueError`` for a file that exists but is unfinished or does not
-    parse, with what to do about it.
+    parse, and ``FileNotFoundError`` (with ``required``) for a missing one; both
+    messages say what to do.
     """
     path = results_path(name)
     if not path.exists():
-        return None
+        if not required:
+            return None
+        raise FileNotFoundError(
+            f"no results file {name} in {path.parent}. The package ships the book's results; a "
+            f"package installed without them needs reinstalling (pip install rkd_tutorial). To use "
+            f"your own run instead: {_how_to_make(name)}, then set RKD_RESULTS=DIR."
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); rewrite it with the command in "
-                         "results/README.md") from err
+        raise ValueError(f"{path} is not valid JSON ({err}); make it again: {_how_to_make(name)}") from err
     if not data.get("provenance", {}).get("complete", True):
         raise ValueError(f"{path} holds an unfinished run; finish it with --resume")
     return data
