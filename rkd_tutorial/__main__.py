@@ -1,4 +1,4 @@
-"""Command line: ``python -m rkd_tutorial metric|classify|darkknowledge|ablation --out DIR``.
+"""Command line: ``python -m rkd_tutorial metric|classify|darkknowledge|consistency|ablation --out DIR``.
 
 Each experiment trains its teachers and students with the package's own code,
 prints a table with the book's comparisons (:mod:`rkd_tutorial.stats`), and
@@ -26,6 +26,8 @@ EXPERIMENTS = {
     "metric": ("the metric-learning experiment (chapters 4 and 7)", ex.METRIC_PROFILES, ex.METRIC_METHODS),
     "classify": ("the classification experiment (chapters 5 and 7)", ex.CLASSIFY_PROFILES, ex.CLASSIFY_METHODS),
     "darkknowledge": ("the few-labels study of dark knowledge (chapter 5)", ex.CLASSIFY_PROFILES, ex.DARK_METHODS),
+    "consistency": ("Hinton KD without and with augmentation (chapter 5)", ex.CLASSIFY_PROFILES,
+                    ex.CONSISTENCY_METHODS),
     "ablation": ("RKD's choices varied one at a time (chapter 6)", ex.METRIC_PROFILES,
                  tuple(ex.ablation_variants())),
 }
@@ -156,6 +158,8 @@ def _run(parser, args) -> int:
     elif args.command == "darkknowledge":
         results = ex.run_darkknowledge(p, labelled_per_class=args.labelled_per_class, methods=args.methods,
                                        device_=device, **common)
+    elif args.command == "consistency":
+        results = ex.run_consistency(p, methods=args.methods, device_=device, **common)
     else:
         results = ex.run_ablation(p, variants=args.methods, device_=device, **common)
     print()

@@ -445,9 +445,10 @@ def test_cli_metric_writes_results_with_provenance_comparisons_and_the_teacher_c
     assert "metric, profile quick (smoke scale), seeds [0, 1]" in printed and "Teacher check" in printed
 
 
-@pytest.mark.parametrize("command", ["classify", "darkknowledge", "ablation"])
+@pytest.mark.parametrize("command", ["classify", "darkknowledge", "consistency", "ablation"])
 def test_cli_every_experiment_runs_at_smoke_scale(tmp_path, smoke, command):
-    methods = {"classify": ["baseline", "hkd"], "darkknowledge": ["baseline", "hkd"],
+    methods = {"classify": ["baseline", "rkd-da"], "darkknowledge": ["baseline", "hkd"],
+               "consistency": ["hkd", "hkd+aug"],
                "ablation": ["reference", "batch 16", "on pooled features"]}[command]
     rc = cli.main([command, "--methods", *methods, "--out", str(tmp_path), "--device", "cpu", "--no-progress"])
     assert rc == 0

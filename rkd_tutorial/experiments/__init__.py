@@ -7,9 +7,9 @@ All on Fashion-MNIST (the paper's own datasets are recipes, :mod:`rkd_tutorial.r
 * :mod:`.methods`: each method as a list of loss terms;
 * :mod:`.teachers`: training, shipping and caching the teachers;
 * :mod:`.runs`: the **metric** and **classify** experiments (chapters 4, 5, 7);
-* :mod:`.studies`: the **darkknowledge** (chapter 5) and **ablation** (chapter 6) studies.
+* :mod:`.studies`: the **darkknowledge**, **consistency** (chapter 5) and **ablation** (chapter 6) studies.
 
-``python -m rkd_tutorial metric|classify|darkknowledge|ablation`` runs them
+``python -m rkd_tutorial metric|classify|darkknowledge|consistency|ablation`` runs them
 and writes results files with provenance; every comparison between methods
 uses the book's one rule (:mod:`rkd_tutorial.stats`).
 """
@@ -39,7 +39,17 @@ from .runs import (
     run_metric,
     teacher_check,
 )
-from .studies import ABLATION_BUDGET, DARK_METHODS, ablation_profile, ablation_variants, few_labels, run_ablation, run_darkknowledge
+from .studies import (
+    ABLATION_BUDGET,
+    CONSISTENCY_METHODS,
+    DARK_METHODS,
+    ablation_profile,
+    ablation_variants,
+    few_labels,
+    run_ablation,
+    run_consistency,
+    run_darkknowledge,
+)
 from .teachers import (
     CHECKPOINTS,
     load_or_train_teacher,
@@ -60,6 +70,6 @@ __all__ = [
     "run_metric", "run_classify", "distill_metric_student", "distill_classify_student", "recall_metrics",
     "provenance", "code_fingerprint", "teacher_check",
     "run_darkknowledge", "run_ablation", "DARK_METHODS", "ABLATION_BUDGET", "ablation_variants", "ablation_profile",
-    "few_labels",
+    "few_labels", "run_consistency", "CONSISTENCY_METHODS",
     "write_results", "markdown_table", "merge_results",
 ]

@@ -16,6 +16,14 @@
     omitted class after raising that logit's bias by 3.5, the value Hinton
     et al. report for their digit 3 (taken from the paper, not tuned here).
 
+* **consistency** (chapter 5): does Hinton KD need the student to see new
+  views of the images? Beyer et al. (CVPR 2022) argue that distillation is
+  function matching: it pays when the student is trained on many views that
+  the teacher labels consistently (the same augmented image for both), and a
+  short schedule on the fixed training images can leave it no better, or
+  worse, than labels alone. Cross-entropy and cross-entropy + Hinton KD,
+  each without and with augmentation (random crop and flip; with it, the
+  teacher runs on the student's augmented batch).
 * **ablation** (chapter 6): RKD-DA's choices varied one at a time around a
   reference student (weights 1 and 2, batch 64, unnormalised embedding), with
   several seeds, on a reduced budget (fewer images, fewer epochs, a larger
@@ -31,7 +39,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-from ..data import FASHION_CLASSES, ClassBalancedBatchSampler, DeviceLoader
+from ..data import FASHION_CLASSES, ClassBalancedBatchSampler, DeviceLoader, random_crop_flip
 from ..evaluate import accuracy, recall_at_k
 from ..losses import RKDLoss
 from ..models import EmbeddingNet, build_backbone
@@ -43,7 +51,8 @@ from .teachers import train_classify_teacher, train_config, train_metric_teacher
 
 __all__ = [
     "run_darkknowledge", "run_ablation", "DARK_METHODS", "OMIT_METHODS", "HINTON_BIAS_SHIFT", "few_labels",
-    "omitted_class_scores", "ablation_variants", "ablation_profile", "ABLATION_BUDGET",
+    "omitted_class_scores", "ablation_variants", "ablation_profile", "ABLATION_BUDGET", "run_consistency",
+    "CONSISTENCY_METHODS",
 ]
 
 #: The few-labels setting's methods: the labels alone, then each teacher term added.
@@ -166,6 +175,54 @@ def _omit_student(p, method, teacher, loader, seed, device_, progress, checkpoin
     hist = fit(student, loader, _omit_terms(method), cfg, teacher=teacher if method != "baseline" else None,
                progress=progress, desc=method, checkpoint=checkpoint)
     return student, hist
+
+
+# ----------------------------------------------------------------------------- consistency
+
+#: The consistency study's students: (method, augmented).
+CONSISTENCY_METHODS = ("baseline", "hkd", "baseline+aug", "hkd+aug")
+
+
+def run_consistency(profile=None, seeds: Sequence[int] = (0,), methods: Optional[Sequence[str]] = None,
+                    device_=None, progress=True, log=print, out=None, stem=None, resume=False,
+                    overwrite=False) -> dict:
+    """Cross-entropy and Hinton KD students, without and with augmentation, per seed.
+
+    ``+aug``: the student's batches are randomly cropped and flipped
+    (:func:`~rkd_tutorial.data.random_crop_flip`), and the teacher sees the
+    same augmented batch (``fit`` then runs it every step instead of using
+    outputs cached on the fixed images).
+    """
+    p = classify_profile(profile) if isinstance(profile, (str, type(None))) else profile
+    names = [m for m in CONSISTENCY_METHODS if methods is None or m in methods]
+    plan = [(m, s) for s in seeds for m in ["teacher", *names]]
+    key = lambda r: (r["method"], r["seed"])
+    spec = [{"metric": "accuracy", "reference": "baseline"}, {"metric": "accuracy", "reference": "baseline+aug"}]
+    stem = stem or f"consistency-{p.name}{'-smoke' if p.smoke else ''}"
+    with Run("consistency", p, seeds, plan, key, device_, out, stem, resume, overwrite, log, spec) as run:
+        for seed in seeds:
+            todo = run.todo(seed)
+            if not todo:
+                continue
+            train, test = classify_data(p, device_, seed)
+            teacher, history = train_classify_teacher(p, train, seed, device_, run.checkpoint(f"teacher-seed{seed}"),
+                                                      progress)
+            if ("teacher", seed) in todo:
+                run.add({"method": "teacher", "seed": seed, "accuracy": accuracy(teacher, test)}, history)
+            for name, _ in todo:
+                if name == "teacher":
+                    continue
+                method, augmented = name.split("+aug")[0], name.endswith("+aug")
+                train.augment = random_crop_flip if augmented else None
+                try:
+                    student, hist = distill_classify_student(p, method, teacher, train, seed, device_, progress,
+                                                             run.checkpoint(f"{name}-seed{seed}"))
+                finally:
+                    train.augment = None
+                run.add({"method": name, "seed": seed, "augmented": augmented, "accuracy": accuracy(student, test),
+                         "final_loss": hist.records[-1]["loss"]}, hist)
+        _note_teacher_check(run, "accuracy", "baseline")
+        return run.finish()
 
 
 # ----------------------------------------------------------------------------- ablation
