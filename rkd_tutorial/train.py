@@ -3,10 +3,14 @@
 Training a teacher and distilling a student are the same loop; only the terms
 change::
 
-    fit(teacher, loader, [triplet()], config)                       # metric-learning teacher
-    fit(student, loader, [rkd(1, 2)], config, teacher=teacher)      # RKD-DA student (paper: no task loss)
-    fit(classifier, loader, [ce()], config)                         # classification baseline
-    fit(student, loader, [ce(), hkd(1, 4), rkd(25, 50)], config, teacher=teacher_clf)
+    # a metric-learning teacher
+    fit(teacher, loader, [triplet()], config)
+    # an RKD-DA student (the paper's: no task loss)
+    fit(student, loader, [rkd(1, 2)], config, teacher=teacher)
+    # a classification baseline, and a student of HKD + RKD-DA
+    fit(classifier, loader, [ce()], config)
+    fit(student, loader, [ce(), hkd(1, 4), rkd(25, 50)], config,
+        teacher=teacher_clf)
 
 Each :class:`Term` maps ``(student_output, teacher_output, labels)`` to a
 scalar; the total loss is ``sum(weight * term)``, the RKD paper's Eq. (8)

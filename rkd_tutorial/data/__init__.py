@@ -23,7 +23,8 @@ Modules:
 
 Typical use::
 
-    from rkd_tutorial.data import load_fashion_mnist, class_disjoint_split, DeviceLoader
+    from rkd_tutorial.data import (DeviceLoader, class_disjoint_split,
+                                   load_fashion_mnist)
 
     images, labels = load_fashion_mnist(train=True)
     (x_train, y_train), (x_test, y_test) = class_disjoint_split(images, labels)

@@ -48,7 +48,8 @@ class ClassBalancedBatchSampler:
 
     Example::
 
-        sampler = ClassBalancedBatchSampler(y_train, m_per_class=4, batch_size=64)
+        sampler = ClassBalancedBatchSampler(y_train, m_per_class=4,
+                                            batch_size=64)
         loader = DataLoader(dataset, batch_sampler=sampler)
         for epoch in range(10):
             sampler.set_epoch(epoch)

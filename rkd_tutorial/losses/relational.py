@@ -6,7 +6,8 @@ teacher's outputs, ``s_i`` the student's, for the ``N`` examples of a batch.
 
 * Distance-wise potential, Eq. (3)-(4)::
 
-      psi_D(t_i, t_j) = ||t_i - t_j||_2 / mu,   mu = mean of ||t_i - t_j|| over i != j
+      psi_D(t_i, t_j) = ||t_i - t_j||_2 / mu,
+      mu = mean of ||t_i - t_j|| over i != j
 
 * Angle-wise potential, Eq. (6)::
 
@@ -19,8 +20,10 @@ teacher's outputs, ``s_i`` the student's, for the ``N`` examples of a batch.
 * Both losses, Eq. (5) and (7), compare the student's and the teacher's
   potentials with the Huber loss (smooth L1, delta = 1)::
 
-      L_RKD-D = mean over all N^2 pairs      l_delta(psi_D(t_i, t_j),      psi_D(s_i, s_j))
-      L_RKD-A = mean over all N^3 triplets   l_delta(psi_A(t_i, t_j, t_k), psi_A(s_i, s_j, s_k))
+      L_RKD-D = mean over all N^2 pairs of
+                l_delta(psi_D(t_i, t_j), psi_D(s_i, s_j))
+      L_RKD-A = mean over all N^3 triplets of
+                l_delta(psi_A(t_i, t_j, t_k), psi_A(s_i, s_j, s_k))
 
 Conventions, those of the official code (github.com/lenscloth/RKD): the
 diagonal of the distance matrix is 0; angle entries whose ``b`` or ``c`` equals
