@@ -27,17 +27,27 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["Output", "SmallCNN", "ResNetBackbone", "EmbeddingNet", "Classifier", "build_backbone", "count_parameters",
-           "fold_batchnorm"]
+__all__ = [
+    "Output",
+    "SmallCNN",
+    "ResNetBackbone",
+    "EmbeddingNet",
+    "Classifier",
+    "build_backbone",
+    "count_parameters",
+    "fold_batchnorm",
+]
 
 
 class Output(NamedTuple):
     """What every model of this package returns."""
 
-    embedding: torch.Tensor            # N x D: the vector distilled by RKD / DarkRank
-    logits: Optional[torch.Tensor]     # N x classes for classifiers, else None
-    pooled: torch.Tensor               # N x C: globally pooled last feature map
-    stages: List[torch.Tensor]         # feature maps after each stage (FitNet, attention)
+    embedding: torch.Tensor  # N x D: the vector distilled by RKD / DarkRank
+    logits: Optional[torch.Tensor]  # N x classes for classifiers, else None
+    pooled: torch.Tensor  # N x C: globally pooled last feature map
+    stages: List[
+        torch.Tensor
+    ]  # feature maps after each stage (FitNet, attention)
 
 
 class SmallCNN(nn.Module):
@@ -48,14 +58,20 @@ class SmallCNN(nn.Module):
     14x14, 7x7, 3x3. Small enough to train on a laptop's CPU in seconds.
     """
 
-    def __init__(self, widths: Sequence[int] = (32, 64, 128), in_channels: int = 1):
+    def __init__(
+        self, widths: Sequence[int] = (32, 64, 128), in_channels: int = 1
+    ):
         super().__init__()
         layers, c = [], in_channels
         for w in widths:
-            layers.append(nn.Sequential(
-                nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ))
+            layers.append(
+                nn.Sequential(
+                    nn.Conv2d(c, w, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(w),
+                    nn.ReLU(inplace=True),
+                    nn.MaxPool2d(2),
+                )
+            )
             c = w
         self.stages = nn.ModuleList(layers)
         self.stage_channels = list(widths)
@@ -81,13 +97,24 @@ class ResNetBackbone(nn.Module):
             the stem are averaged over RGB).
     """
 
-    def __init__(self, depth: int = 18, pretrained: bool = False, small_images: bool = True, in_channels: int = 3):
+    def __init__(
+        self,
+        depth: int = 18,
+        pretrained: bool = False,
+        small_images: bool = True,
+        in_channels: int = 3,
+    ):
         super().__init__()
         import torchvision
 
-        builders = {18: (torchvision.models.resnet18, "IMAGENET1K_V1"), 50: (torchvision.models.resnet50, "IMAGENET1K_V2")}
+        builders = {
+            18: (torchvision.models.resnet18, "IMAGENET1K_V1"),
+            50: (torchvision.models.resnet50, "IMAGENET1K_V2"),
+        }
         if depth not in builders:
-            raise ValueError(f"ResNetBackbone: depth must be 18 or 50, got {depth}")
+            raise ValueError(
+                f"ResNetBackbone: depth must be 18 or 50, got {depth}"
+            )
         build, weights = builders[depth]
         net = build(weights=weights if pretrained else None)
         if small_images or in_channels != 3:
@@ -96,13 +123,24 @@ class ResNetBackbone(nn.Module):
             net.conv1 = nn.Conv2d(in_channels, 64, k, s, p, bias=False)
             if pretrained and not small_images:
                 with torch.no_grad():
-                    net.conv1.weight.copy_(old.weight.mean(1, keepdim=True).expand_as(net.conv1.weight))
+                    net.conv1.weight.copy_(
+                        old.weight.mean(1, keepdim=True).expand_as(
+                            net.conv1.weight
+                        )
+                    )
         if small_images:
             net.maxpool = nn.Identity()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
+        self.stages = nn.ModuleList(
+            [net.layer1, net.layer2, net.layer3, net.layer4]
+        )
         expansion = 4 if depth == 50 else 1
-        self.stage_channels = [64 * expansion, 128 * expansion, 256 * expansion, 512 * expansion]
+        self.stage_channels = [
+            64 * expansion,
+            128 * expansion,
+            256 * expansion,
+            512 * expansion,
+        ]
         self.out_channels = self.stage_channels[-1]
 
     def forward(self, x: torch.Tensor):
@@ -114,7 +152,12 @@ class ResNetBackbone(nn.Module):
         return x.mean(dim=(2, 3)), stages
 
 
-def build_backbone(name: str, in_channels: int = 1, pretrained: bool = False, small_images: bool = True) -> nn.Module:
+def build_backbone(
+    name: str,
+    in_channels: int = 1,
+    pretrained: bool = False,
+    small_images: bool = True,
+) -> nn.Module:
     """Backbone by name: ``cnn-<w1>-<w2>-<w3>`` (e.g. ``cnn-64-128-256``), ``resnet18``, ``resnet50``."""
     if name.startswith("cnn-"):
         try:
@@ -122,17 +165,28 @@ def build_backbone(name: str, in_channels: int = 1, pretrained: bool = False, sm
         except ValueError:
             widths = []
         if not widths:
-            raise ValueError(f"backbone {name!r}: write the stage widths as integers, e.g. 'cnn-32-64-128'")
+            raise ValueError(
+                f"backbone {name!r}: write the stage widths as integers, e.g. 'cnn-32-64-128'"
+            )
         return SmallCNN(widths, in_channels)
     if name in ("resnet18", "resnet50"):
-        return ResNetBackbone(int(name[6:]), pretrained, small_images, in_channels)
-    raise ValueError(f"unknown backbone {name!r}: use 'cnn-<widths>' (e.g. 'cnn-32-64-128'), 'resnet18' or 'resnet50'")
+        return ResNetBackbone(
+            int(name[6:]), pretrained, small_images, in_channels
+        )
+    raise ValueError(
+        f"unknown backbone {name!r}: use 'cnn-<widths>' (e.g. 'cnn-32-64-128'), 'resnet18' or 'resnet50'"
+    )
 
 
 class EmbeddingNet(nn.Module):
     """Backbone + linear embedding head + optional L2 normalisation (metric learning)."""
 
-    def __init__(self, backbone: nn.Module, embedding_dim: int = 128, normalize: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        embedding_dim: int = 128,
+        normalize: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.out_channels, embedding_dim)
@@ -148,14 +202,20 @@ class EmbeddingNet(nn.Module):
 
 
 class Classifier(nn.Module):
-    """Backbone + linear classifier. ``Output.embedding`` is the pooled penultimate layer.
+    """Backbone + linear classifier.
 
-    With ``normalize_features=True`` the embedding is L2-normalised (the paper's
+    ``Output.embedding`` is the pooled penultimate layer. With
+    ``normalize_features=True`` the embedding is L2-normalised (the paper's
     CIFAR-100 runs apply RKD to normalised pooled features); the classifier
     always sees the raw pooled features.
     """
 
-    def __init__(self, backbone: nn.Module, num_classes: int = 10, normalize_features: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int = 10,
+        normalize_features: bool = False,
+    ):
         super().__init__()
         self.backbone = backbone
         self.fc = nn.Linear(backbone.out_channels, num_classes)
@@ -191,16 +251,26 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     if model.training:
-        raise ValueError("fold_batchnorm: call model.eval() first; training-mode batch norm cannot be folded")
+        raise ValueError(
+            "fold_batchnorm: call model.eval() first; training-mode batch norm cannot be folded"
+        )
     for module in list(model.modules()):
         children = module._modules
         if isinstance(module, nn.Sequential):
             pairs = list(zip(list(children), list(children)[1:]))
         else:
-            pairs = [("conv" + name[2:], name) for name in list(children) if name.startswith("bn")]
+            pairs = [
+                ("conv" + name[2:], name)
+                for name in list(children)
+                if name.startswith("bn")
+            ]
         for conv_name, bn_name in pairs:
             conv, bn = children.get(conv_name), children.get(bn_name)
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            if (
+                isinstance(conv, nn.Conv2d)
+                and isinstance(bn, nn.BatchNorm2d)
+                and bn.track_running_stats
+            ):
                 children[conv_name] = fuse_conv_bn_eval(conv, bn)
                 children[bn_name] = nn.Identity()
     return model

@@ -92,9 +92,13 @@ def triplet(weight: float = 1.0, margin: float = 0.2) -> Term:
 
 
 def rkd(distance_weight: float = 1.0, angle_weight: float = 2.0) -> Term:
-    """RKD-D and/or RKD-A on the embedding (Eq. 8); weights as in :class:`~rkd_tutorial.losses.RKDLoss`."""
+    """RKD-D and/or RKD-A on the embedding (Eq. 8).
+
+    The weights are those of :class:`~rkd_tutorial.losses.RKDLoss`.
+    """
     loss = RKDLoss(distance_weight, angle_weight)
-    name = "rkd-" + ("d" if distance_weight else "") + ("a" if angle_weight else "")
+    name = ("rkd-" + ("d" if distance_weight else "")
+            + ("a" if angle_weight else ""))
     return Term(name, 1.0, lambda s, t, y: loss(s.embedding, t.embedding))
 
 

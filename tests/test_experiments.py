@@ -489,5 +489,7 @@ def test_code_fingerprint_ignores_docstrings_and_sees_code(tmp_path, monkeypatch
     src = (copy / "losses" / "relational.py").read_text()
     (copy / "losses" / "relational.py").write_text(src.replace('"""Relational knowledge distillation', '"""Edited docs', 1))
     assert record.code_fingerprint() == before
+    (copy / "losses" / "relational.py").write_text(src.replace("EPS = 1e-12", "EPS = (  # wrapped\n    1e-12\n)"))
+    assert record.code_fingerprint() == before
     (copy / "losses" / "relational.py").write_text(src.replace("EPS = 1e-12", "EPS = 1e-11"))
     assert record.code_fingerprint() != before

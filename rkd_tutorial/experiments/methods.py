@@ -25,23 +25,58 @@ from ..losses import RKDLoss
 from ..models import Classifier, EmbeddingNet
 from ..train import Term, attention, ce, darkrank, fitnet, hkd, rkd, triplet
 
-__all__ = ["METRIC_METHODS", "CLASSIFY_METHODS", "metric_terms", "classify_terms", "ce_labelled", "rkd_pooled"]
+__all__ = [
+    "METRIC_METHODS",
+    "CLASSIFY_METHODS",
+    "metric_terms",
+    "classify_terms",
+    "ce_labelled",
+    "rkd_pooled",
+]
 
 #: Metric learning; ``triplet`` is the student trained without the teacher.
-METRIC_METHODS = ("triplet", "fitnet", "attention", "darkrank", "rkd-d", "rkd-a", "rkd-da")
+METRIC_METHODS = (
+    "triplet",
+    "fitnet",
+    "attention",
+    "darkrank",
+    "rkd-d",
+    "rkd-a",
+    "rkd-da",
+)
 
 #: Methods that use the labels (the triplet loss) besides the teacher.
 USES_LABELS = ("triplet", "fitnet", "attention", "darkrank")
 
 #: Classification; ``baseline`` (cross-entropy alone) is the student trained without the teacher.
-CLASSIFY_METHODS = ("baseline", "hkd", "fitnet", "attention", "rkd-d", "rkd-da", "hkd+rkd-da")
+CLASSIFY_METHODS = (
+    "baseline",
+    "hkd",
+    "fitnet",
+    "attention",
+    "rkd-d",
+    "rkd-da",
+    "hkd+rkd-da",
+)
 
 
-def metric_terms(method: str, student: EmbeddingNet, teacher: EmbeddingNet) -> List[Term]:
-    """The loss terms of a metric-learning method (see :data:`METRIC_METHODS`)."""
+def metric_terms(
+    method: str, student: EmbeddingNet, teacher: EmbeddingNet
+) -> List[Term]:
+    """The loss terms of a metric-learning method.
+
+    See :data:`METRIC_METHODS`.
+    """
     table: Dict[str, Callable[[], List[Term]]] = {
         "triplet": lambda: [triplet()],
-        "fitnet": lambda: [triplet(), fitnet(1.0, student.backbone.out_channels, teacher.backbone.out_channels)],
+        "fitnet": lambda: [
+            triplet(),
+            fitnet(
+                1.0,
+                student.backbone.out_channels,
+                teacher.backbone.out_channels,
+            ),
+        ],
         "attention": lambda: [triplet(), attention(50.0)],
         "darkrank": lambda: [triplet(), darkrank(1.0)],
         "rkd-d": lambda: [rkd(1.0, 0.0)],
@@ -49,7 +84,10 @@ def metric_terms(method: str, student: EmbeddingNet, teacher: EmbeddingNet) -> L
         "rkd-da": lambda: [rkd(1.0, 2.0)],
     }
     if method not in table:
-        raise ValueError(f"unknown metric method {method!r}; choose from {', '.join(METRIC_METHODS)}")
+        raise ValueError(
+            f"unknown metric method {method!r}; choose from "
+            f"{', '.join(METRIC_METHODS)}"
+        )
     return table[method]()
 
 
@@ -58,41 +96,73 @@ def ce_labelled(weight: float = 1.0) -> Term:
 
     The mean runs over the labelled examples; a batch without any gives 0.
     """
+
     def fn(s, t, y):
         labelled = (y >= 0).sum().clamp_min(1)
-        return F.cross_entropy(s.logits, y, ignore_index=-1, reduction="sum") / labelled
+        return (
+            F.cross_entropy(s.logits, y, ignore_index=-1, reduction="sum")
+            / labelled
+        )
 
     return Term("ce", weight, fn, needs_teacher=False)
 
 
-def rkd_pooled(distance_weight: float = 25.0, angle_weight: float = 50.0) -> Term:
+def rkd_pooled(
+    distance_weight: float = 25.0, angle_weight: float = 50.0
+) -> Term:
     """RKD on the L2-normalised pooled penultimate features of student and teacher.
 
     What the official classification code distils (``F.normalize`` of the
     globally pooled last feature map, both networks), with its weights 25 and 50.
     """
     loss = RKDLoss(distance_weight, angle_weight)
-    name = "rkd-" + ("d" if distance_weight else "") + ("a" if angle_weight else "")
-    return Term(name, 1.0, lambda s, t, y: loss(F.normalize(s.pooled, dim=1), F.normalize(t.pooled, dim=1)),
-                teacher_fields=("pooled",))
+    name = (
+        "rkd-"
+        + ("d" if distance_weight else "")
+        + ("a" if angle_weight else "")
+    )
+    return Term(
+        name,
+        1.0,
+        lambda s, t, y: loss(
+            F.normalize(s.pooled, dim=1), F.normalize(t.pooled, dim=1)
+        ),
+        teacher_fields=("pooled",),
+    )
 
 
-def classify_terms(method: str, student: Classifier, teacher: Classifier, partial_labels: bool = False) -> List[Term]:
-    """The loss terms of a classification method (see :data:`CLASSIFY_METHODS`).
+def classify_terms(
+    method: str,
+    student: Classifier,
+    teacher: Classifier,
+    partial_labels: bool = False,
+) -> List[Term]:
+    """The loss terms of a classification method (:data:`CLASSIFY_METHODS`).
 
-    ``partial_labels``: some labels are ``-1`` (unlabelled); the cross-entropy
-    then skips them (:func:`ce_labelled`) while the distillation terms use every image.
+    ``partial_labels``: some labels are ``-1`` (unlabelled); the
+    cross-entropy then skips them (:func:`ce_labelled`) while the
+    distillation terms use every image.
     """
     task = ce_labelled() if partial_labels else ce()
     table: Dict[str, Callable[[], List[Term]]] = {
         "baseline": lambda: [task],
         "hkd": lambda: [task, hkd(1.0, 4.0)],
-        "fitnet": lambda: [task, fitnet(1.0, student.backbone.out_channels, teacher.backbone.out_channels)],
+        "fitnet": lambda: [
+            task,
+            fitnet(
+                1.0,
+                student.backbone.out_channels,
+                teacher.backbone.out_channels,
+            ),
+        ],
         "attention": lambda: [task, attention(50.0)],
         "rkd-d": lambda: [task, rkd_pooled(25.0, 0.0)],
         "rkd-da": lambda: [task, rkd_pooled(25.0, 50.0)],
         "hkd+rkd-da": lambda: [task, hkd(1.0, 4.0), rkd_pooled(25.0, 50.0)],
     }
     if method not in table:
-        raise ValueError(f"unknown classification method {method!r}; choose from {', '.join(CLASSIFY_METHODS)}")
+        raise ValueError(
+            f"unknown classification method {method!r}; choose from "
+            f"{', '.join(CLASSIFY_METHODS)}"
+        )
     return table[method]()

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import io
-import tokenize
 from pathlib import Path
 
 from .. import __version__
@@ -26,28 +24,25 @@ __all__ = ["provenance", "code_fingerprint", "RESULT_CODE"]
 RESULT_CODE = ("losses", "train.py", "models.py", "evaluate.py", "data", "experiments")
 
 
-def _code_lines(source: str) -> str:
-    """``source`` without docstrings, comments and blank lines: the lines that decide what it computes.
+def _code(source: str) -> str:
+    """``source`` as the code it runs: docstrings, comments and layout removed.
 
-    Text, not an AST dump, so that every Python version gives the same result.
+    The module is parsed, its docstrings dropped, and the tree written back
+    as text (``ast.unparse``), so that rewording a docstring, wrapping a line
+    or editing a comment leaves the fingerprint as it is, while any change to
+    what the code computes changes it.
     """
-    skip = set()
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
                 and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
-            skip.update(range(body[0].lineno, body[0].end_lineno + 1))
-    lines = source.splitlines()
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            row, col = tok.start
-            lines[row - 1] = lines[row - 1][:col]
-    kept = (line.rstrip() for i, line in enumerate(lines, 1) if i not in skip)
-    return "\n".join(line for line in kept if line.strip())
+            body[0] = ast.Pass()
+    return ast.unparse(tree)
 
 
 def code_fingerprint() -> str:
-    """A short hash of the code that produces results: :data:`RESULT_CODE`, without docstrings or comments.
+    """A short hash of the code that produces results (:data:`RESULT_CODE`), as :func:`_code` reads it.
 
     Stored in every results file; a file whose fingerprint differs from the
     current code's was made by other code (``tests/test_results.py``).
@@ -58,7 +53,7 @@ def code_fingerprint() -> str:
         paths = sorted((root / entry).rglob("*.py")) if (root / entry).is_dir() else [root / entry]
         for path in paths:
             digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-            digest.update(_code_lines(path.read_text()).encode() + b"\0")
+            digest.update(_code(path.read_text()).encode() + b"\0")
     return digest.hexdigest()[:16]
 
 

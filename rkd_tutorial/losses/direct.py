@@ -29,7 +29,9 @@ def _pdist(e: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return d
 
 
-def direct_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def direct_distance_loss(
+    student: torch.Tensor, teacher: torch.Tensor
+) -> torch.Tensor:
     """RKD-D written directly from Eq. (3)-(5)."""
     n = student.shape[0]
     with torch.no_grad():
@@ -40,10 +42,16 @@ def direct_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.
     return F.smooth_l1_loss(d, t_d, reduction="mean")
 
 
-def direct_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """RKD-A written directly from Eq. (6)-(7): builds N x N x D and N x N x N tensors."""
+def direct_angle_loss(
+    student: torch.Tensor, teacher: torch.Tensor
+) -> torch.Tensor:
+    """RKD-A written directly from Eq. (6)-(7).
+
+    Builds the N x N x D and N x N x N tensors."""
     with torch.no_grad():
-        td = teacher[None, :, :] - teacher[:, None, :]      # td[a, b] = t_b - t_a
+        td = (
+            teacher[None, :, :] - teacher[:, None, :]
+        )  # td[a, b] = t_b - t_a
         norm_td = F.normalize(td, p=2, dim=2)
         t_angle = torch.bmm(norm_td, norm_td.transpose(1, 2)).view(-1)
     sd = student[None, :, :] - student[:, None, :]

@@ -26,26 +26,44 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["hkd_loss", "HKDLoss", "FitNetHint", "attention_map", "attention_loss", "AttentionLoss"]
+__all__ = [
+    "hkd_loss",
+    "HKDLoss",
+    "FitNetHint",
+    "attention_map",
+    "attention_loss",
+    "AttentionLoss",
+]
 
 
-def hkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
-    """Hinton KD: ``T^2 * KL(softmax(t / T) || softmax(s / T))``, averaged over the batch.
+def hkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 4.0,
+) -> torch.Tensor:
+    """Hinton KD: ``T^2 * KL(softmax(t / T) || softmax(s / T))``.
 
-    The factor ``T^2`` keeps the gradient's scale independent of ``T`` (Hinton
-    et al., Section 2), so the loss can be mixed with cross-entropy unchanged.
-    The teacher side carries no gradient.
+    Averaged over the batch. The factor ``T^2`` keeps the gradient's scale
+    independent of ``T`` (Hinton et al., Section 2), so the loss can be
+    mixed with cross-entropy unchanged. The teacher side carries no
+    gradient.
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
-            f"hkd_loss: student and teacher logits must have the same shape (N x classes), got "
-            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+            f"hkd_loss: student and teacher logits must have the same "
+            f"shape (N x classes), got {tuple(student_logits.shape)} and "
+            f"{tuple(teacher_logits.shape)}"
         )
     if not temperature > 0:
-        raise ValueError(f"hkd_loss: temperature must be > 0, got {temperature}")
+        raise ValueError(
+            f"hkd_loss: temperature must be > 0, got {temperature}"
+        )
     log_p_s = F.log_softmax(student_logits / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature**2
+    return (
+        F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+        * temperature**2
+    )
 
 
 class HKDLoss(nn.Module):
@@ -55,34 +73,49 @@ class HKDLoss(nn.Module):
         super().__init__()
         self.temperature = temperature
 
-    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor
+    ) -> torch.Tensor:
         return hkd_loss(student_logits, teacher_logits, self.temperature)
 
 
 class FitNetHint(nn.Module):
-    """FitNet hint loss with a learnable regressor: ``||r(s) - t||^2`` (mean).
+    """FitNet hint loss with a learnable regressor: ``||r(s) - t||^2``, mean.
 
-    The regressor ``r`` is a 1x1 convolution for feature maps (``N x C x H x W``)
-    or a linear layer for vectors (``N x D``). Its parameters belong to this
-    module: give them to the student's optimizer (``train.distill`` does).
-    Feature maps of different sizes are matched by adaptive average pooling of
-    the student's to the teacher's spatial size.
+    The regressor ``r`` is a 1x1 convolution for feature maps
+    (``N x C x H x W``) or a linear layer for vectors (``N x D``), without a
+    bias (as in the official code). Its parameters belong to this module:
+    give them to the student's optimizer (``train.fit`` does). Feature maps
+    of different sizes are matched by adaptive average pooling of the
+    student's to the teacher's spatial size.
     """
 
-    def __init__(self, student_channels: int, teacher_channels: int, spatial: bool = True):
+    def __init__(
+        self,
+        student_channels: int,
+        teacher_channels: int,
+        spatial: bool = True,
+    ):
         super().__init__()
         if spatial:
-            self.regressor = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+            self.regressor = nn.Conv2d(
+                student_channels, teacher_channels, kernel_size=1, bias=False
+            )
         else:
-            self.regressor = nn.Linear(student_channels, teacher_channels, bias=False)
+            self.regressor = nn.Linear(
+                student_channels, teacher_channels, bias=False
+            )
         self.spatial = spatial
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor
+    ) -> torch.Tensor:
         want = 4 if self.spatial else 2
         if student.dim() != want or teacher.dim() != want:
             raise ValueError(
-                f"FitNetHint(spatial={self.spatial}) expects {want}-D student and teacher features, "
-                f"got shapes {tuple(student.shape)} and {tuple(teacher.shape)}"
+                f"FitNetHint(spatial={self.spatial}) expects {want}-D "
+                f"student and teacher features, got shapes "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}"
             )
         if self.spatial and student.shape[-2:] != teacher.shape[-2:]:
             student = F.adaptive_avg_pool2d(student, teacher.shape[-2:])
@@ -90,18 +123,24 @@ class FitNetHint(nn.Module):
 
 
 def attention_map(features: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """Spatial attention of a feature map: ``normalize(mean_c |A_c|^p)``, flattened (Eq. 2 of AT).
+    """Spatial attention of a feature map: ``normalize(mean_c |A_c|^p)``.
 
-    ``|A_c|^p`` as in the AT paper; the official code writes ``A.pow(p)``, the
-    same for the paper's ``p = 2`` (and for post-ReLU features at any ``p``).
+    Flattened to ``N x HW`` (Eq. 2 of AT). ``|A_c|^p`` as in the AT paper;
+    the official code writes ``A.pow(p)``, the same for the paper's
+    ``p = 2`` (and for post-ReLU features at any ``p``).
     """
     if features.dim() != 4:
-        raise ValueError(f"attention_map expects N x C x H x W features, got shape {tuple(features.shape)}")
+        raise ValueError(
+            f"attention_map expects N x C x H x W features, got shape "
+            f"{tuple(features.shape)}"
+        )
     return F.normalize(features.abs().pow(p).mean(dim=1).flatten(1), dim=1)
 
 
 def attention_loss(
-    student_features: Sequence[torch.Tensor], teacher_features: Sequence[torch.Tensor], p: int = 2
+    student_features: Sequence[torch.Tensor],
+    teacher_features: Sequence[torch.Tensor],
+    p: int = 2,
 ) -> torch.Tensor:
     """Attention transfer: the **sum** over stages of ``mean((Q_s - Q_t)^2)``.
 
@@ -112,7 +151,10 @@ def attention_loss(
     (``at_ratio * (AT(b2) + AT(b3) + AT(b4))``), RepDistiller and torchdistill,
     so a weight means the same as theirs (the official metric runs use 50).
     """
-    if len(student_features) != len(teacher_features) or not student_features:
+    if (
+        len(student_features) != len(teacher_features)
+        or not student_features
+    ):
         raise ValueError(
             f"attention_loss needs the same non-zero number of stages on both sides, got "
             f"{len(student_features)} (student) and {len(teacher_features)} (teacher)"
@@ -121,7 +163,12 @@ def attention_loss(
     for s, t in zip(student_features, teacher_features):
         if s.shape[-2:] != t.shape[-2:]:
             s = F.adaptive_avg_pool2d(s, t.shape[-2:])
-        total = total + (attention_map(s, p) - attention_map(t.detach(), p)).pow(2).mean()
+        total = (
+            total
+            + (attention_map(s, p) - attention_map(t.detach(), p))
+            .pow(2)
+            .mean()
+        )
     return total
 
 

@@ -88,7 +88,9 @@ EPS = 1e-12
 CHUNK_ELEMENTS = 1 << 24
 
 
-def check_pair(student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: str) -> None:
+def check_pair(
+    student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: str
+) -> None:
     """Raise ``ValueError`` with a helpful message unless (student, teacher) is a valid batch.
 
     Shapes and dtypes are checked everywhere; the values (no NaN or inf) only
@@ -96,14 +98,18 @@ def check_pair(student: torch.Tensor, teacher: torch.Tensor, min_n: int, name: s
     """
     for side, x in (("student", student), ("teacher", teacher)):
         if not isinstance(x, torch.Tensor):
-            raise ValueError(f"{name}: {side} must be a torch.Tensor, got {type(x).__name__}")
+            raise ValueError(
+                f"{name}: {side} must be a torch.Tensor, got {type(x).__name__}"
+            )
         if x.dim() != 2:
             raise ValueError(
                 f"{name}: {side} must be a 2-D batch of embeddings (N x D), got shape "
                 f"{tuple(x.shape)}; flatten feature maps first, e.g. x.flatten(1)"
             )
         if not x.is_floating_point():
-            raise ValueError(f"{name}: {side} must be a floating-point tensor, got {x.dtype}")
+            raise ValueError(
+                f"{name}: {side} must be a floating-point tensor, got {x.dtype}"
+            )
     if student.shape[0] != teacher.shape[0]:
         raise ValueError(
             f"{name}: student and teacher must describe the same examples, got batch sizes "
@@ -144,7 +150,9 @@ def _centered(x: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances ``||x_i - x_j||`` of the rows of ``x``: ``N x N``, zero diagonal.
+    """Euclidean distances ``||x_i - x_j||`` of the rows of ``x``: ``N x N``.
+
+    The diagonal is zero.
 
     Computed from the differences (``torch.cdist`` without its Gram-matrix
     shortcut), so coincident rows give exactly 0. Pairs closer than
@@ -155,10 +163,11 @@ def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
 
 
 def distance_potential(x: torch.Tensor) -> torch.Tensor:
-    """Normalised pairwise distances ``psi_D`` (Eq. 3-4): an ``N x N`` matrix.
+    """Normalised pairwise distances ``psi_D`` (Eq. 3-4): ``N x N``.
 
     ``d_ij = ||x_i - x_j||`` (:func:`pairwise_distances`) divided by the mean
-    of the ``N (N - 1)`` off-diagonal distances. All points coincident: all 0.
+    of the ``N (N - 1)`` off-diagonal distances. All points coincident:
+    all 0.
     """
     n = x.shape[0]
     d = pairwise_distances(x)
@@ -167,10 +176,11 @@ def distance_potential(x: torch.Tensor) -> torch.Tensor:
 
 
 def angle_potential(x: torch.Tensor) -> torch.Tensor:
-    """All angle potentials ``psi_A`` (Eq. 6) as an ``N x N x N`` tensor ``[a, b, c]``.
+    """All angle potentials ``psi_A`` (Eq. 6): an ``N x N x N`` tensor.
 
-    ``psi[a, b, c] = <e_ab, e_ac>`` with ``e_ab = (x_b - x_a) / ||x_b - x_a||``:
-    the cosine of the angle at the anchor ``x_a``. Meant for small ``N`` (plots,
+    ``psi[a, b, c] = <e_ab, e_ac>`` with
+    ``e_ab = (x_b - x_a) / ||x_b - x_a||``: the cosine of the angle at the
+    anchor ``x_a``. Meant for small ``N`` (plots,
     exercises); the loss never builds this tensor.
     """
     e = _unit_differences(x, torch.arange(x.shape[0], device=x.device))[0]
@@ -185,7 +195,9 @@ def _unit_differences(x: torch.Tensor, anchors: torch.Tensor):
     """
     v = x[None, :, :] - x[anchors, None, :]
     norm = v.norm(dim=2, keepdim=True)
-    inv_norm = torch.where(norm > EPS, 1.0 / norm.clamp_min(EPS), torch.zeros_like(norm))
+    inv_norm = torch.where(
+        norm > EPS, 1.0 / norm.clamp_min(EPS), torch.zeros_like(norm)
+    )
     return v * inv_norm, inv_norm
 
 
@@ -207,7 +219,11 @@ def _kernels():
 
 def _fused(student: torch.Tensor):
     """The Triton kernels where they apply (a CUDA student in float32), else None."""
-    if _KERNELS_FAILED or student.device.type not in _KERNEL_DEVICES or student.dtype != torch.float32:
+    if (
+        _KERNELS_FAILED
+        or student.device.type not in _KERNEL_DEVICES
+        or student.dtype != torch.float32
+    ):
         return None
     return _kernels()
 
@@ -221,7 +237,9 @@ def _run_fused(fused, student, teacher, distance_weight, angle_weight):
     """
     global _KERNELS_FAILED
     try:
-        return fused.rkd_loss(student, teacher, distance_weight, angle_weight)
+        return fused.rkd_loss(
+            student, teacher, distance_weight, angle_weight
+        )
     except Exception as err:  # triton's CompilationError, OutOfResources, a driver's RuntimeError...
         _KERNELS_FAILED = True
         first_line = str(err).splitlines()[0] if str(err) else ""
@@ -229,7 +247,8 @@ def _run_fused(fused, student, teacher, distance_weight, angle_weight):
             f"rkd_tutorial: the fused Triton kernels failed here ({type(err).__name__}: {first_line}); "
             "RKD uses the PyTorch path from now on, which gives the same loss more slowly. "
             "Set RKD_DISABLE_TRITON=1 to skip the kernels from the start.",
-            RuntimeWarning, stacklevel=3,
+            RuntimeWarning,
+            stacklevel=3,
         )
         return None
 
@@ -245,22 +264,25 @@ def _chunk_size(n: int, d: int) -> int:
 
 
 class _AngleLossFunction(torch.autograd.Function):
-    """RKD-A (Eq. 7) over anchor chunks, with its gradient computed in the same pass.
+    """RKD-A (Eq. 7) over anchor chunks, with its gradient in the same pass.
 
     For one anchor ``a`` let ``E_a`` be the ``N x D`` matrix of unit vectors
-    ``e_ab`` (student) and ``S_a = E_a E_a^T`` its angle potentials, ``T_a`` the
-    teacher's. With ``h`` the Huber loss, ``L = sum_a sum_bc h(S_a - T_a) / N^3``
-    and ``G_a = h'(S_a - T_a) / N^3`` (``h'`` = clamp to [-1, 1]):
+    ``e_ab`` (student) and ``S_a = E_a E_a^T`` its angle potentials, ``T_a``
+    the teacher's. With ``h`` the Huber loss,
+    ``L = sum_a sum_bc h(S_a - T_a) / N^3`` and
+    ``G_a = h'(S_a - T_a) / N^3`` (``h'`` = clamp to [-1, 1]):
 
     * ``dL/dE_a = (G_a + G_a^T) E_a = 2 G_a E_a``   (``G_a`` is symmetric)
-    * ``dL/dv_ab = (g_b - <g_b, e_ab> e_ab) / ||v_ab||`` with ``g_b`` row ``b``
-      of ``dL/dE_a`` and ``v_ab = x_b - x_a`` (the derivative of ``v / ||v||``)
+    * ``dL/dv_ab = (g_b - <g_b, e_ab> e_ab) / ||v_ab||`` with ``g_b`` row
+      ``b`` of ``dL/dE_a`` and ``v_ab = x_b - x_a`` (the derivative of
+      ``v / ||v||``)
     * ``dL/dx_b += dL/dv_ab`` and ``dL/dx_a -= sum_b dL/dv_ab``.
 
-    The loss is a scalar, so the forward pass stores only ``dL/dx`` (``N x D``)
-    and the backward pass scales it: no chunk is ever kept for later. That
-    gradient is a constant to autograd, so a second derivative cannot be
-    taken: the backward pass raises when asked for one (``create_graph=True``).
+    The loss is a scalar, so the forward pass stores only ``dL/dx``
+    (``N x D``) and the backward pass scales it: no chunk is ever kept for
+    later. That gradient is a constant to autograd, so a second derivative
+    cannot be taken: the backward pass raises when asked for one
+    (``create_graph=True``).
     Coincident pairs (``||v_ab|| <= EPS``) contribute a zero gradient.
     """
 
@@ -272,17 +294,21 @@ class _AngleLossFunction(torch.autograd.Function):
         loss = student.new_zeros(())
         grad = torch.zeros_like(student) if want_grad else None
         for start in range(0, n, chunk):
-            a = torch.arange(start, min(n, start + chunk), device=student.device)
+            a = torch.arange(
+                start, min(n, start + chunk), device=student.device
+            )
             e_s, inv_norm = _unit_differences(s, a)
             e_t, _ = _unit_differences(t, a)
             diff = e_s @ e_s.transpose(1, 2) - e_t @ e_t.transpose(1, 2)
             del e_t
             loss = loss + _huber(diff).sum()
             if want_grad:
-                g = 2.0 * (diff.clamp_(-1.0, 1.0) @ e_s)            # dL/dE_a, unscaled
-                g = (g - (g * e_s).sum(2, keepdim=True) * e_s) * inv_norm  # dL/dv_ab
-                grad += g.sum(0)                                    # x_b
-                grad.index_add_(0, a, -g.sum(1))                    # x_a
+                g = 2.0 * (diff.clamp_(-1.0, 1.0) @ e_s)  # dL/dE_a, unscaled
+                g = (
+                    g - (g * e_s).sum(2, keepdim=True) * e_s
+                ) * inv_norm  # dL/dv_ab
+                grad += g.sum(0)  # x_b
+                grad.index_add_(0, a, -g.sum(1))  # x_a
         scale = 1.0 / n**3
         ctx.want_grad = want_grad
         if want_grad:
@@ -293,18 +319,25 @@ class _AngleLossFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         if torch.is_grad_enabled():
             raise RuntimeError(
-                "rkd_angle_loss cannot be differentiated twice (its gradient is computed in "
-                "closed form during the forward pass). For a second derivative use "
-                "rkd_tutorial.losses.direct.direct_angle_loss, which builds the N x N x D tensor."
+                "rkd_angle_loss cannot be differentiated twice (its "
+                "gradient is computed in closed form during the forward "
+                "pass). For a second derivative use rkd_tutorial.losses."
+                "direct.direct_angle_loss, which builds the N x N x D "
+                "tensor."
             )
         if not ctx.want_grad:
-            raise RuntimeError("rkd_angle_loss: the gradient was not computed in the forward pass; "
-                               "call it with gradients enabled on a student that requires grad")
+            raise RuntimeError(
+                "rkd_angle_loss: the gradient was not computed in the "
+                "forward pass; call it with gradients enabled on a student "
+                "that requires grad"
+            )
         (grad,) = ctx.saved_tensors
         return grad * grad_output, None, None
 
 
-def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def rkd_distance_loss(
+    student: torch.Tensor, teacher: torch.Tensor
+) -> torch.Tensor:
     """RKD-D, the distance-wise distillation loss (Eq. 5).
 
     Args:
@@ -312,8 +345,9 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
         teacher: ``N x Dt`` teacher embeddings (detached: no gradient).
 
     Returns:
-        The Huber loss between the normalised distance matrices, averaged over
-        all ``N^2`` entries: a scalar tensor (float32 for half-precision inputs).
+        The Huber loss between the normalised distance matrices, averaged
+        over all ``N^2`` entries: a scalar tensor (float32 for
+        half-precision inputs).
     """
     check_pair(student, teacher, min_n=2, name="rkd_distance_loss")
     student, teacher = _pair(student, teacher)
@@ -323,10 +357,14 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
             return loss
     with torch.no_grad():
         t = distance_potential(teacher)
-    return F.smooth_l1_loss(distance_potential(student), t, reduction="mean", beta=1.0)
+    return F.smooth_l1_loss(
+        distance_potential(student), t, reduction="mean", beta=1.0
+    )
 
 
-def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+def rkd_angle_loss(
+    student: torch.Tensor, teacher: torch.Tensor
+) -> torch.Tensor:
     """RKD-A, the angle-wise distillation loss (Eq. 7).
 
     Args:
@@ -354,14 +392,18 @@ def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
 class RKDDistance(nn.Module):
     """Module form of :func:`rkd_distance_loss`: ``RKDDistance()(student, teacher)``."""
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor
+    ) -> torch.Tensor:
         return rkd_distance_loss(student, teacher)
 
 
 class RKDAngle(nn.Module):
     """Module form of :func:`rkd_angle_loss`: ``RKDAngle()(student, teacher)``."""
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor
+    ) -> torch.Tensor:
         return rkd_angle_loss(student, teacher)
 
 
@@ -373,9 +415,15 @@ class RKDLoss(nn.Module):
     cross-entropy). A weight of 0 skips that term's computation.
     """
 
-    def __init__(self, distance_weight: float = 1.0, angle_weight: float = 2.0):
+    def __init__(
+        self, distance_weight: float = 1.0, angle_weight: float = 2.0
+    ):
         super().__init__()
-        if distance_weight < 0 or angle_weight < 0 or not math.isfinite(distance_weight + angle_weight):
+        if (
+            distance_weight < 0
+            or angle_weight < 0
+            or not math.isfinite(distance_weight + angle_weight)
+        ):
             raise ValueError(
                 f"RKDLoss weights must be finite and >= 0, got distance_weight={distance_weight}, "
                 f"angle_weight={angle_weight}"
@@ -383,19 +431,35 @@ class RKDLoss(nn.Module):
         self.distance_weight = float(distance_weight)
         self.angle_weight = float(angle_weight)
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor
+    ) -> torch.Tensor:
         fused = _fused(_upcast(student))
         if fused is not None:
             # Both terms in one fused pass (float32 inside; float64 keeps the exact path).
-            check_pair(student, teacher, min_n=3 if self.angle_weight else 2, name="RKDLoss")
-            loss = _run_fused(fused, *_pair(student, teacher), self.distance_weight, self.angle_weight)
+            check_pair(
+                student,
+                teacher,
+                min_n=3 if self.angle_weight else 2,
+                name="RKDLoss",
+            )
+            loss = _run_fused(
+                fused,
+                *_pair(student, teacher),
+                self.distance_weight,
+                self.angle_weight,
+            )
             if loss is not None:
                 return loss
         loss = _upcast(student).new_zeros(())
         if self.distance_weight:
-            loss = loss + self.distance_weight * rkd_distance_loss(student, teacher)
+            loss = loss + self.distance_weight * rkd_distance_loss(
+                student, teacher
+            )
         if self.angle_weight:
-            loss = loss + self.angle_weight * rkd_angle_loss(student, teacher)
+            loss = loss + self.angle_weight * rkd_angle_loss(
+                student, teacher
+            )
         return loss
 
     def extra_repr(self) -> str:

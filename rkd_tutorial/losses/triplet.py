@@ -37,7 +37,12 @@ import torch.nn.functional as F
 
 from .relational import pairwise_distances
 
-__all__ = ["distance_weights", "distance_weighted_negatives", "triplet_loss", "TripletLoss"]
+__all__ = [
+    "distance_weights",
+    "distance_weighted_negatives",
+    "triplet_loss",
+    "TripletLoss",
+]
 
 
 def distance_weights(
@@ -58,13 +63,19 @@ def distance_weights(
         dim = embeddings.shape[1]
         x = F.normalize(embeddings.double(), dim=1)
         dist = pairwise_distances(x).clamp_min(cut_off)
-        log_w = (2.0 - dim) * dist.log() - ((dim - 3.0) / 2.0) * (1.0 - 0.25 * dist * dist).clamp_min(1e-30).log()
+        log_w = (2.0 - dim) * dist.log() - ((dim - 3.0) / 2.0) * (
+            1.0 - 0.25 * dist * dist
+        ).clamp_min(1e-30).log()
         negative = labels[None, :] != labels[:, None]
         candidate = negative & (dist < nonzero_loss_cutoff)
         log_w = log_w.masked_fill(~candidate, float("-inf"))
-        shift = log_w.amax(dim=1, keepdim=True).clamp_min(torch.finfo(log_w.dtype).min)  # finite in empty rows
-        w = (log_w - shift).exp()                                  # 0 outside the candidates
-        w = torch.where(candidate.any(1, keepdim=True), w, negative.double())  # uniform fallback
+        shift = log_w.amax(dim=1, keepdim=True).clamp_min(
+            torch.finfo(log_w.dtype).min
+        )  # finite in empty rows
+        w = (log_w - shift).exp()  # 0 outside the candidates
+        w = torch.where(
+            candidate.any(1, keepdim=True), w, negative.double()
+        )  # uniform fallback
         return w / w.sum(1, keepdim=True).clamp_min(1e-300)
 
 
@@ -83,9 +94,22 @@ def distance_weighted_negatives(
     """
     with torch.no_grad():
         n = embeddings.shape[0]
-        cdf = distance_weights(embeddings, labels, cut_off, nonzero_loss_cutoff).cumsum(dim=1)
-        u = torch.rand(n, n, device=embeddings.device, generator=generator, dtype=torch.float64) * cdf[:, -1:]
+        cdf = distance_weights(
+            embeddings, labels, cut_off, nonzero_loss_cutoff
+        ).cumsum(dim=1)
+        u = (
+            torch.rand(
+                n,
+                n,
+                device=embeddings.device,
+                generator=generator,
+                dtype=torch.float64,
+            )
+            * cdf[:, -1:]
+        )
         return torch.searchsorted(cdf, u, right=True).clamp_max(n - 1)
+
+
 def triplet_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -94,7 +118,9 @@ def triplet_loss(
     nonzero_loss_cutoff: float = 1.4,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Triplet margin loss ``mean max(0, d_ap - d_an + margin)`` over distance-weighted triplets.
+    """Triplet margin loss ``mean max(0, d_ap - d_an + margin)``.
+
+    Over the distance-weighted triplets of the batch.
 
     Args:
         embeddings: ``N x D`` embeddings (the loss acts on them as given; the
@@ -104,24 +130,48 @@ def triplet_loss(
     """
     if embeddings.dim() != 2 or labels.shape != embeddings.shape[:1]:
         raise ValueError(
-            f"triplet_loss expects N x D embeddings and N labels, got shapes "
+            f"triplet_loss expects N x D embeddings and N labels, got "
+            f"shapes "
             f"{tuple(embeddings.shape)} and {tuple(labels.shape)}"
         )
-    neg = distance_weighted_negatives(embeddings, labels, cut_off, nonzero_loss_cutoff, generator)
+    neg = distance_weighted_negatives(
+        embeddings, labels, cut_off, nonzero_loss_cutoff, generator
+    )
     d = pairwise_distances(embeddings)
     same = labels[None, :] == labels[:, None]
     eye = torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    valid = (same & ~eye) & ~same.gather(1, neg)          # a real positive and a real negative
-    losses = F.relu(d - d.gather(1, neg) + margin)         # [a, p]: d_ap - d_a,neg[a,p] + margin
+    valid = (same & ~eye) & ~same.gather(
+        1, neg
+    )  # a real positive and a real negative
+    losses = F.relu(
+        d - d.gather(1, neg) + margin
+    )  # [a, p]: d_ap - d_a,neg[a,p] + margin
     return (losses * valid).sum() / valid.sum().clamp_min(1)
 
 
 class TripletLoss(nn.Module):
     """Module form of :func:`triplet_loss`: ``TripletLoss(margin)(embeddings, labels)``."""
 
-    def __init__(self, margin: float = 0.2, cut_off: float = 0.5, nonzero_loss_cutoff: float = 1.4):
+    def __init__(
+        self,
+        margin: float = 0.2,
+        cut_off: float = 0.5,
+        nonzero_loss_cutoff: float = 1.4,
+    ):
         super().__init__()
-        self.margin, self.cut_off, self.nonzero_loss_cutoff = margin, cut_off, nonzero_loss_cutoff
+        self.margin, self.cut_off, self.nonzero_loss_cutoff = (
+            margin,
+            cut_off,
+            nonzero_loss_cutoff,
+        )
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return triplet_loss(embeddings, labels, self.margin, self.cut_off, self.nonzero_loss_cutoff)
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return triplet_loss(
+            embeddings,
+            labels,
+            self.margin,
+            self.cut_off,
+            self.nonzero_loss_cutoff,
+        )
