@@ -16,7 +16,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from .stats import Comparison, compare_methods, mean_std
 
-__all__ = ["summary_table", "comparison_table", "comparisons", "fmt", "seeds_of", "value"]
+__all__ = ["summary_table", "comparison_table", "comparisons", "range_table", "fmt", "seeds_of", "value"]
 
 
 def fmt(v: float, digits: int = 3) -> str:
@@ -74,4 +74,35 @@ def comparison_table(results: dict, metric: str, reference: str, methods: Option
         interval = "-" if c.low is None else f"[{100 * c.low:+.1f}, {100 * c.high:+.1f}]"
         lines.append(f"| {name} | {fmt(c.mean_a)} | {fmt(c.mean_b)} | {100 * c.diff:+.1f} | {interval} | "
                      f"{c.verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def range_table(results: dict, metric: str, methods: Sequence[str], reference: Optional[str] = None,
+                labels: Optional[Dict[str, str]] = None, **where) -> str:
+    """Markdown: the range (lowest to highest over seeds) of each method's ``metric``.
+
+    With ``reference``, also the range of each method's per-seed difference from
+    it, in points: what a reader repeating the experiment can expect to see.
+    """
+    rows = _select(results["rows"], **where)
+    per = {m: {int(r["seed"]): r[metric] for r in rows if r["method"] == m and metric in r} for m in methods}
+    head = f"| method | {metric}: lowest - highest | seeds |"
+    sep = "|---|---|---|"
+    if reference is not None:
+        per.setdefault(reference, {int(r["seed"]): r[metric] for r in rows
+                                   if r["method"] == reference and metric in r})
+        head += f" difference from {reference} (points) |"
+        sep += "---|"
+    lines = [head, sep]
+    for m in methods:
+        vals = per[m]
+        if not vals:
+            continue
+        line = f"| {(labels or {}).get(m, m)} | {fmt(min(vals.values()))} - {fmt(max(vals.values()))} | {len(vals)} |"
+        if reference is not None and m != reference:
+            d = [100 * (vals[s] - per[reference][s]) for s in vals if s in per[reference]]
+            line += f" {min(d):+.1f} to {max(d):+.1f} |" if d else " - |"
+        elif reference is not None:
+            line += " (reference) |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
