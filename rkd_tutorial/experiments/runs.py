@@ -32,7 +32,7 @@ from ..train import fit
 from .methods import CLASSIFY_METHODS, METRIC_METHODS, USES_LABELS, classify_terms, metric_terms
 from .profiles import ClassifyProfile, MetricProfile, classify_data, classify_profile, device, metric_data, metric_profile
 from .record import code_fingerprint, provenance
-from .teachers import train_classify_teacher, train_config, train_metric_teacher
+from .teachers import run_checkpoint, train_classify_teacher, train_config, train_metric_teacher
 
 __all__ = [
     "run_metric", "run_classify", "distill_metric_student", "distill_classify_student", "recall_metrics",
@@ -85,6 +85,26 @@ class Run:
 
     def todo(self, seed: int) -> List[tuple]:
         return [k for k in self.planned if k[1] == seed and not self.done(k)]
+
+    def per_seed(self, data: Callable, train_teacher: Callable, score: Callable, teacher_row: dict):
+        """Each seed that still has rows to measure: ``(seed, todo, train, test, teacher)``.
+
+        Loads the seed's data (``data(seed)``), trains or finds its teacher
+        (``train_teacher(train, seed)``, shared between runs through
+        :func:`~.teachers.run_checkpoint`), records the teacher's row
+        (``teacher_row`` plus ``score(teacher, test)``) if it is still to be
+        measured, and yields the keys of the students still to train.
+        """
+        for seed in self.seeds:
+            todo = self.todo(seed)
+            if not todo:
+                continue
+            train, test = data(seed)
+            teacher, history = train_teacher(train, seed)
+            row = {"method": "teacher", "seed": seed, **teacher_row}
+            if self.key(row) in todo:
+                self.add({**row, **score(teacher, test)}, history)
+            yield seed, [k for k in todo if k != self.key(row)], train, test, teacher
 
     def checkpoint(self, name: str) -> Optional[Path]:
         if self.file is None:
@@ -226,19 +246,13 @@ def run_metric(profile=None, seeds: Sequence[int] = (0,), methods=METRIC_METHODS
             {"metric": "recall@1", "reference": "teacher", "group_by": ["embedding_dim"]}]
     with Run("metric", p, seeds, metric_plan(p, seeds, methods, dims, self_distill), key, device, out, stem,
              resume, overwrite, log, spec, {"dims": list(dims)}) as run:
-        for seed in seeds:
-            todo = run.todo(seed)
-            if not todo:
-                continue
-            train, test = metric_data(p, device, seed)
-            teacher, history = train_metric_teacher(p, train, seed, device, run.checkpoint(f"teacher-seed{seed}"),
-                                                    progress)
-            if ("teacher", seed, p.teacher_dim) in todo:
-                run.add({"method": "teacher", "seed": seed, "embedding_dim": p.teacher_dim,
-                         "backbone": p.teacher_backbone, **recall_metrics(teacher, test)}, history)
+        teachers = run.per_seed(
+            lambda seed: metric_data(p, device, seed),
+            lambda train, seed: train_metric_teacher(p, train, seed, device,
+                                                     run_checkpoint("metric", p, seed, device), progress),
+            recall_metrics, {"embedding_dim": p.teacher_dim, "backbone": p.teacher_backbone})
+        for seed, todo, train, test, teacher in teachers:
             for method, _, dim in todo:
-                if method == "teacher":
-                    continue
                 is_self = method == "self-rkd-da"
                 student, hist = distill_metric_student(
                     p, "rkd-da" if is_self else method, dim, teacher, train, seed, device, progress,
@@ -264,6 +278,15 @@ def distill_classify_student(profile: ClassifyProfile, method: str, teacher, tra
     return student, history
 
 
+def classify_teachers(p: ClassifyProfile, device=None, progress=True, **teacher_row):
+    """The arguments of :meth:`Run.per_seed` for runs on the classification teacher of ``p``."""
+    return (lambda seed: classify_data(p, device, seed),
+            lambda train, seed: train_classify_teacher(p, train, seed, device,
+                                                       run_checkpoint("classify", p, seed, device), progress),
+            lambda teacher, test: {"accuracy": accuracy(teacher, test)},
+            {**teacher_row, "backbone": p.teacher_backbone})
+
+
 def run_classify(profile=None, seeds: Sequence[int] = (0,), methods=CLASSIFY_METHODS, device=None, progress=True,
                  log=print, out=None, stem=None, resume=False, overwrite=False) -> dict:
     """Teacher then one student per method, per seed; returns the results dict (see :func:`run_metric`)."""
@@ -273,19 +296,8 @@ def run_classify(profile=None, seeds: Sequence[int] = (0,), methods=CLASSIFY_MET
     key = lambda r: (r["method"], r["seed"])
     spec = [{"metric": "accuracy", "reference": "baseline"}]
     with Run("classify", p, seeds, plan, key, device, out, stem, resume, overwrite, log, spec) as run:
-        for seed in seeds:
-            todo = run.todo(seed)
-            if not todo:
-                continue
-            train, test = classify_data(p, device, seed)
-            teacher, history = train_classify_teacher(p, train, seed, device, run.checkpoint(f"teacher-seed{seed}"),
-                                                      progress)
-            if ("teacher", seed) in todo:
-                run.add({"method": "teacher", "seed": seed, "backbone": p.teacher_backbone,
-                         "accuracy": accuracy(teacher, test)}, history)
+        for seed, todo, train, test, teacher in run.per_seed(*classify_teachers(p, device, progress)):
             for method, _ in todo:
-                if method == "teacher":
-                    continue
                 student, hist = distill_classify_student(p, method, teacher, train, seed, device, progress,
                                                          run.checkpoint(f"{method}-seed{seed}"))
                 run.add({"method": method, "seed": seed, "backbone": p.student_backbone,

@@ -42,17 +42,18 @@ import torch
 from ..data import FASHION_CLASSES, ClassBalancedBatchSampler, DeviceLoader, random_crop_flip
 from ..evaluate import accuracy, recall_at_k
 from ..losses import RKDLoss
-from ..models import EmbeddingNet, build_backbone
-from ..train import Term, fit, hkd, rkd, triplet
+from ..models import Classifier, EmbeddingNet, build_backbone
+from ..train import Term, ce, fit, hkd, rkd, triplet
 from .methods import CLASSIFY_METHODS
-from .profiles import MetricProfile, classify_data, classify_profile, device, metric_data, metric_profile
-from .runs import Run, _note_teacher_check, distill_classify_student
-from .teachers import train_classify_teacher, train_config, train_metric_teacher
+from .profiles import MetricProfile, classify_profile, device, metric_data, metric_profile
+from .runs import Run, _note_teacher_check, classify_teachers, distill_classify_student
+from .teachers import run_checkpoint, train_config, train_metric_teacher
 
 __all__ = [
-    "run_darkknowledge", "run_ablation", "DARK_METHODS", "OMIT_METHODS", "HINTON_BIAS_SHIFT", "few_labels",
-    "omitted_class_scores", "ablation_variants", "ablation_profile", "ABLATION_BUDGET", "run_consistency",
-    "CONSISTENCY_METHODS",
+    "run_darkknowledge", "run_ablation", "run_consistency", "DARK_METHODS", "OMIT_METHODS",
+    "CONSISTENCY_METHODS", "HINTON_BIAS_SHIFT", "few_labels", "omitted_class_scores", "omit_terms",
+    "train_omitted_class_student", "ablation_variants", "ablation_profile", "train_ablation_student",
+    "ABLATION_BUDGET",
 ]
 
 #: The few-labels setting's methods: the labels alone, then each teacher term added.
@@ -100,8 +101,8 @@ def omitted_class_scores(model, test, omitted: int, bias_shift: float = HINTON_B
             "accuracy": float((pred == labels).double().mean())}
 
 
-def _omit_terms(method: str):
-    from ..train import ce
+def omit_terms(method: str):
+    """The terms of the omitted-class students: labels, labels + soft targets, soft targets only."""
     return {"baseline": [ce()], "hkd": [ce(), hkd(1.0, 4.0)], "hkd-only": [hkd(1.0, 4.0)]}[method]
 
 
@@ -133,16 +134,8 @@ def run_darkknowledge(profile=None, seeds: Sequence[int] = (0,), labelled_per_cl
     with Run("darkknowledge", p, seeds, plan, key, device_, out, stem, resume, overwrite, log, spec,
              {"labelled_per_class": labelled_per_class, "omitted": [int(c) for c in omitted],
               "bias_shift": HINTON_BIAS_SHIFT}) as run:
-        for seed in seeds:
-            todo = run.todo(seed)
-            if not todo:
-                continue
-            train, test = classify_data(p, device_, seed)
-            teacher, history = train_classify_teacher(p, train, seed, device_, run.checkpoint(f"teacher-seed{seed}"),
-                                                      progress)
-            if ("teacher", seed, "teacher") in todo:
-                run.add({"method": "teacher", "seed": seed, "variant": "teacher", "backbone": p.teacher_backbone,
-                         "accuracy": accuracy(teacher, test)}, history)
+        for seed, todo, train, test, teacher in run.per_seed(*classify_teachers(p, device_, progress,
+                                                                                  variant="teacher")):
             labels = few_labels(train.labels.cpu(), labelled_per_class, seed)
             partial = DeviceLoader(train.images, labels, p.batch_size, device=train.device, seed=seed)
             for method, _, variant in todo:
@@ -151,28 +144,27 @@ def run_darkknowledge(profile=None, seeds: Sequence[int] = (0,), labelled_per_cl
                     student, hist = distill_classify_student(p, method, teacher, partial, seed, device_, progress,
                                                              run.checkpoint(name), partial_labels=True)
                     row = {"accuracy": accuracy(student, test), "labelled": int((labels >= 0).sum())}
-                elif variant.startswith("omit-"):
+                else:                                   # omit-<class>
                     c = [k for k in omitted if variant == f"omit-{FASHION_CLASSES[k].lower()}"][0]
                     keep = (train.labels != c).cpu()
                     loader = DeviceLoader(train.images[keep], train.labels[keep], p.batch_size,
                                           device=train.device, seed=seed)
-                    student, hist = _omit_student(p, method, teacher, loader, seed, device_, progress,
-                                                  run.checkpoint(name))
+                    student, hist = train_omitted_class_student(p, method, teacher, loader, seed, device_,
+                                                                progress, run.checkpoint(name))
                     row = omitted_class_scores(student, test, c)
-                else:
-                    continue
                 run.add({"method": method, "seed": seed, "variant": variant, "backbone": p.student_backbone,
                          **row, "final_loss": hist.records[-1]["loss"]}, hist)
         _note_teacher_check(run, "accuracy", "baseline", variant="few-labels")
         return run.finish()
 
 
-def _omit_student(p, method, teacher, loader, seed, device_, progress, checkpoint):
-    from ..models import Classifier
+def train_omitted_class_student(p, method: str, teacher, loader, seed: int = 0, device_=None, progress=True,
+                                checkpoint=None):
+    """One student of the omitted-class setting (:data:`OMIT_METHODS`) on ``loader``, which lacks the class."""
     torch.manual_seed(seed)
     student = Classifier(build_backbone(p.student_backbone), 10).to(device(device_))
     cfg = train_config(p.student_epochs, p.lr, seed, p.autocast)
-    hist = fit(student, loader, _omit_terms(method), cfg, teacher=teacher if method != "baseline" else None,
+    hist = fit(student, loader, omit_terms(method), cfg, teacher=teacher if method != "baseline" else None,
                progress=progress, desc=method, checkpoint=checkpoint)
     return student, hist
 
@@ -200,18 +192,8 @@ def run_consistency(profile=None, seeds: Sequence[int] = (0,), methods: Optional
     spec = [{"metric": "accuracy", "reference": "baseline"}, {"metric": "accuracy", "reference": "baseline+aug"}]
     stem = stem or f"consistency-{p.name}{'-smoke' if p.smoke else ''}"
     with Run("consistency", p, seeds, plan, key, device_, out, stem, resume, overwrite, log, spec) as run:
-        for seed in seeds:
-            todo = run.todo(seed)
-            if not todo:
-                continue
-            train, test = classify_data(p, device_, seed)
-            teacher, history = train_classify_teacher(p, train, seed, device_, run.checkpoint(f"teacher-seed{seed}"),
-                                                      progress)
-            if ("teacher", seed) in todo:
-                run.add({"method": "teacher", "seed": seed, "accuracy": accuracy(teacher, test)}, history)
+        for seed, todo, train, test, teacher in run.per_seed(*classify_teachers(p, device_, progress)):
             for name, _ in todo:
-                if name == "teacher":
-                    continue
                 method, augmented = name.split("+aug")[0], name.endswith("+aug")
                 train.augment = random_crop_flip if augmented else None
                 try:
@@ -303,20 +285,15 @@ def run_ablation(profile=None, seeds: Sequence[int] = (0,), variants: Optional[S
     stem = stem or f"ablation-{p.name}{'-smoke' if p.smoke else ''}"
     with Run("ablation", p, seeds, plan, key, device_, out, stem, resume, overwrite, log, spec,
              {"budget": ABLATION_BUDGET}) as run:
-        for seed in seeds:
-            todo = run.todo(seed)
-            if not todo:
-                continue
-            full = metric_profile(p.name) if not p.smoke else p
-            teacher_train, test = metric_data(full, device_, seed)
-            teacher, history = train_metric_teacher(full, teacher_train, seed, device_,
-                                                    run.checkpoint(f"teacher-seed{seed}"), progress)
-            if ("teacher", seed) in todo:
-                run.add({"method": "teacher", "seed": seed, "recall@1": _recall1(teacher, test)}, history)
+        full = metric_profile(p.name)          # the teacher is the metric experiment's, shared
+        teachers = run.per_seed(
+            lambda seed: metric_data(full, device_, seed),
+            lambda train, seed: train_metric_teacher(full, train, seed, device_,
+                                                     run_checkpoint("metric", full, seed, device_), progress),
+            lambda teacher, test: {"recall@1": _recall1(teacher, test)}, {})
+        for seed, todo, _, test, teacher in teachers:
             train, _ = metric_data(p, device_, seed)
             for name, _ in todo:
-                if name == "teacher":
-                    continue
                 v = table[name]
                 student, hist = train_ablation_student(p, train, teacher, seed, v["terms"](), v.get("batch_size", 64),
                                                        v.get("normalize", False), device_, progress,

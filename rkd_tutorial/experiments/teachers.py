@@ -10,8 +10,10 @@ is not shipped is trained once and cached in ``$RKD_DATA/checkpoints``
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -21,11 +23,11 @@ from ..data import default_root, random_crop_flip
 from ..models import Classifier, EmbeddingNet, build_backbone
 from ..provenance import write_text_atomic
 from ..train import TrainConfig, ce, fit, save_atomic, triplet
-from .record import provenance
+from .record import code_fingerprint, provenance
 from .profiles import ClassifyProfile, MetricProfile, classify_data, classify_profile, device, metric_data, metric_profile
 
 __all__ = [
-    "CHECKPOINTS", "train_metric_teacher", "train_classify_teacher", "train_teacher", "load_or_train_teacher",
+    "CHECKPOINTS", "run_checkpoint", "train_metric_teacher", "train_classify_teacher", "train_teacher", "load_or_train_teacher",
     "save_teacher", "teacher_architecture", "train_config",
 ]
 
@@ -122,6 +124,26 @@ def save_teacher(experiment: str, profile: str, seed: int, out_dir, device_=None
     sums[name] = _sha256(out / name)
     write_text_atomic(out / "SHA256SUMS", "".join(f"{h}  {n}\n" for n, h in sorted(sums.items())))
     return out / name
+
+
+def run_checkpoint(experiment: str, profile, seed: int, device_=None) -> Optional[Path]:
+    """Where the experiments keep the teacher of ``experiment`` for this profile, seed, device and code.
+
+    A teacher is a deterministic function of the profile's settings, the seed,
+    the kind of device and the code, so the runs that need the same teacher
+    (the classification experiment and its studies, the metric experiment and
+    the ablation) train it once and share it, and an interrupted run finds it
+    again. The file is ``fit``'s checkpoint (a finished one makes ``fit``
+    return at once) in ``$RKD_DATA/runs``; None if that folder cannot be made.
+    """
+    settings = hashlib.sha256(json.dumps(asdict(profile), sort_keys=True).encode()).hexdigest()[:10]
+    folder = default_root() / "runs"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    name = f"{experiment}-{profile.name}-{settings}-{device(device_).type}-{code_fingerprint()}-seed{seed}.pt"
+    return folder / name
 
 
 def _load(teacher, path: Path) -> bool:
