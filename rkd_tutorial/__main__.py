@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--output", required=True, help="the merged .json (a .md is written beside it)")
     m.add_argument("--allow-incomplete", action="store_true", help="merge unfinished parts too (marked incomplete)")
     s = sub.add_parser("ship", help="copy finished results files into the package (where the chapters read them)")
-    s.add_argument("files", nargs="+", help="results .json files (their .md goes along)")
+    s.add_argument("files", nargs="+", help="results .json files (their .md goes along; benchmarks have none)")
     t = sub.add_parser("teacher", help="train a teacher and store it with its sha256 (the chapters load it)")
     t.add_argument("kind", choices=["metric", "classify"])
     t.add_argument("--profile", default=None, choices=sorted(ex.METRIC_PROFILES))
@@ -106,12 +106,18 @@ def _ship(args) -> int:
     PACKAGE_RESULTS.mkdir(exist_ok=True)
     for f in args.files:
         path = Path(f)
-        if path.suffix != ".json" or not check_pair(path):
-            raise SystemExit(f"ship: {path} is not a results .json with its matching .md; rerun the command "
-                             "that made it")
-        if not json.loads(path.read_text())["provenance"].get("complete", True):
+        data = json.loads(path.read_text()) if path.suffix == ".json" else None
+        if data is None or "provenance" not in data:
+            raise SystemExit(f"ship: {path} is not a results .json file")
+        if not data["provenance"].get("complete", True):
             raise SystemExit(f"ship: {path} is an unfinished run; finish it with --resume first")
-        for src in (path, path.with_suffix(".md")):
+        pair = [path]
+        if path.with_suffix(".md").exists() or "rows" in data and not path.name.startswith("bench-"):
+            if not check_pair(path):
+                raise SystemExit(f"ship: {path.with_suffix('.md')} was not made from {path.name}; rerun the "
+                                 "command that made them")
+            pair.append(path.with_suffix(".md"))
+        for src in pair:
             shutil.copyfile(src, PACKAGE_RESULTS / src.name)
             print(f"shipped {src.name} -> {PACKAGE_RESULTS / src.name}")
     return 0

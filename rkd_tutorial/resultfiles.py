@@ -105,6 +105,16 @@ def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
+def _default_compare(rows: Sequence[dict]) -> List[dict]:
+    """What to compare in a file that does not say (files written before ``compare`` existed)."""
+    methods = {r["method"] for r in rows}
+    if "triplet" in methods and any("recall@1" in r for r in rows):
+        return [{"metric": "recall@1", "reference": "triplet", "group_by": ["embedding_dim"]}]
+    if "baseline" in methods and any("accuracy" in r for r in rows):
+        return [{"metric": "accuracy", "reference": "baseline"}]
+    return []
+
+
 def _comparisons(results: dict) -> List[str]:
     """The ``.md``'s comparison lines: every method against its reference, by the book's rule.
 
@@ -112,7 +122,7 @@ def _comparisons(results: dict) -> List[str]:
     each (e.g. Recall@1 against ``triplet``, per embedding size).
     """
     lines: List[str] = []
-    for spec in results.get("compare") or []:
+    for spec in results.get("compare") or _default_compare(results["rows"]):
         by = spec.get("group_by", [])
         rows = [r for r in results["rows"] if spec["metric"] in r]
         groups = {tuple(r.get(k) for k in by) for r in rows}
