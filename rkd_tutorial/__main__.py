@@ -25,7 +25,8 @@ from .resultfiles import PACKAGE_RESULTS, ResultsLocked, check_pair, markdown_ta
 EXPERIMENTS = {
     "metric": ("the metric-learning experiment (chapters 4 and 7)", ex.METRIC_PROFILES, ex.METRIC_METHODS),
     "classify": ("the classification experiment (chapters 5 and 7)", ex.CLASSIFY_PROFILES, ex.CLASSIFY_METHODS),
-    "darkknowledge": ("the few-labels study of dark knowledge (chapter 5)", ex.CLASSIFY_PROFILES, ex.DARK_METHODS),
+    "darkknowledge": ("dark knowledge: few labels, a class never seen (chapter 5)", ex.CLASSIFY_PROFILES,
+                      tuple(dict.fromkeys(ex.DARK_METHODS + ex.studies.OMIT_METHODS))),
     "consistency": ("Hinton KD without and with augmentation (chapter 5)", ex.CLASSIFY_PROFILES,
                     ex.CONSISTENCY_METHODS),
     "ablation": ("RKD's choices varied one at a time (chapter 6)", ex.METRIC_PROFILES,
@@ -45,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..N-1 (default: 1)")
         p.add_argument("--seed", type=int, default=None,
                        help="run this one seed only, into <experiment>-<profile>-seed<K>.json (join them with 'merge')")
-        p.add_argument("--methods", nargs="+", choices=methods, default=list(methods), metavar="METHOD",
-                       help=f"subset of: {', '.join(methods)}")
+        p.add_argument("--methods", nargs="+", choices=methods, default=None, metavar="METHOD",
+                       help=f"subset of: {', '.join(methods)} (default: all)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
         p.add_argument("--resume", action="store_true",
@@ -157,10 +158,10 @@ def _run(parser, args) -> int:
     print(f"{args.command}, profile {p.name}{' (smoke scale)' if p.smoke else ''}, seeds {seeds}", flush=True)
     if args.command == "metric":
         dims = ex.runs.check_dims(args.dims) if args.dims else None
-        results = ex.run_metric(p, methods=args.methods, dims=dims, device=device,
+        results = ex.run_metric(p, methods=args.methods or ex.METRIC_METHODS, dims=dims, device=device,
                                 self_distill=not args.no_self_distill, **common)
     elif args.command == "classify":
-        results = ex.run_classify(p, methods=args.methods, device=device, **common)
+        results = ex.run_classify(p, methods=args.methods or ex.CLASSIFY_METHODS, device=device, **common)
     elif args.command == "darkknowledge":
         results = ex.run_darkknowledge(p, labelled_per_class=args.labelled_per_class, methods=args.methods,
                                        device_=device, **common)
