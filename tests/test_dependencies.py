@@ -35,10 +35,19 @@ def declared() -> set[str]:
 
 
 def _cell_source(cell) -> str:
-    lines = "".join(cell["source"]).splitlines()
-    # IPython magics (%pip, !ls) become a placeholder statement at the same indentation
-    return "\n".join(line[:len(line) - len(line.lstrip())] + "pass" if line.lstrip().startswith(("%", "!")) else line
-                     for line in lines)
+    """The cell as Python: each IPython magic (``%pip ...``, ``!ls``), with its backslash-continued
+    lines, becomes a placeholder statement at the same indentation."""
+    out, continued = [], False
+    for line in "".join(cell["source"]).splitlines():
+        if continued:
+            continued = line.rstrip().endswith("\\")
+            continue
+        if line.lstrip().startswith(("%", "!")):
+            out.append(line[:len(line) - len(line.lstrip())] + "pass")
+            continued = line.rstrip().endswith("\\")
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def _imports(source: str) -> set[str]:
