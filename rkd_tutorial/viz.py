@@ -728,3 +728,159 @@ def anchor_walk(n: int = 8, chunk: int = 3, block: int = 4) -> Figure:
 
 
 __all__ += ["retrieval_grid", "loss_diagram", "anchor_walk"]
+
+
+# ----------------------------------------------------------------------------- embedding size (chapter 4)
+
+def metric_by_size(
+    results: Mapping,
+    metric: str = "recall@1",
+    methods: Sequence[str] = ("triplet", "rkd-da"),
+    labels: Optional[Mapping[str, str]] = None,
+    title: Optional[str] = None,
+    ax: Optional[plt.Axes] = None,
+) -> Figure:
+    """``metric`` against the students' embedding size, one line per method, the teacher as a dashed line.
+
+    Each point is a method's mean over its seeds at one ``embedding_dim``, with
+    the standard deviation over seeds as an error bar where there are several
+    seeds (none from one seed); the methods' points are shifted slightly sideways
+    so that their error bars do not hide each other. The x axis is logarithmic (base 2) with a tick
+    at each size. The ``teacher`` rows (any size) give the horizontal line.
+
+    Args:
+        results: a dict with ``"rows"`` (``method``, ``embedding_dim``, ``seed``, ``metric``).
+        methods: the methods to draw; the first gets the student colour (orange).
+        labels: display names of the methods (default: the names).
+
+    Returns:
+        The figure.
+    """
+    rows = list(results["rows"]) if isinstance(results, Mapping) else list(results)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.6, 3.6), layout="constrained")
+    else:
+        fig = ax.figure
+    colours = [PALETTE["student"], PALETTE["other"]] + sns.color_palette("colorblind")[3:]
+    markers = ["o", "s", "^", "D", "v"]
+    sizes = set()
+    for i, m in enumerate(methods):
+        dims = sorted({r["embedding_dim"] for r in rows if r["method"] == m and metric in r})
+        if not dims:
+            raise ValueError(f"metric_by_size: no rows of {m!r} with {metric!r}")
+        sizes.update(dims)
+        vals = [np.array([r[metric] for r in rows if r["method"] == m and r["embedding_dim"] == d]) for d in dims]
+        means = np.array([v.mean() for v in vals])
+        errs = np.array([v.std(ddof=1) if len(v) > 1 else np.nan for v in vals])
+        name = (labels or {}).get(m, m)
+        x = np.array(dims, dtype=float) * 2.0 ** (0.06 * (i - (len(methods) - 1) / 2))   # side by side
+        ax.plot(x, means, marker=markers[i % len(markers)], color=colours[i % len(colours)], lw=1.8,
+                label=name)
+        if np.isfinite(errs).any():
+            ok = np.isfinite(errs)
+            ax.errorbar(x[ok], means[ok], yerr=errs[ok], fmt="none", ecolor=colours[i % len(colours)],
+                        elinewidth=1, capsize=3)
+    teacher = [r[metric] for r in rows if r["method"] == "teacher" and metric in r]
+    if teacher:
+        dim_t = {r.get("embedding_dim") for r in rows if r["method"] == "teacher"}
+        size = f", {dim_t.pop()}-d" if len(dim_t) == 1 else ""
+        ax.axhline(float(np.mean(teacher)), color=PALETTE["teacher"], ls="--", lw=1.5,
+                   label=f"teacher{size} ({np.mean(teacher):.3f})")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(sizes), [str(d) for d in sorted(sizes)])
+    ax.minorticks_off()
+    ax.set_xlabel("student embedding size")
+    ax.set_ylabel(metric)
+    if title:
+        ax.set_title(title)
+    ax.legend(frameon=False, fontsize="small", loc="lower right")
+    sns.despine(ax=ax)
+    return fig
+
+
+__all__ += ["metric_by_size"]
+
+
+# ----------------------------------------------------------------------------- paired comparisons (chapters 5, 6)
+
+def interval_panel(
+    comparisons: Sequence,
+    ax: Optional[plt.Axes] = None,
+    xs: Optional[Sequence[float]] = None,
+    names: Optional[Sequence[str]] = None,
+    reference_x: Optional[float] = None,
+    reference_name: Optional[str] = None,
+    relative: bool = False,
+    title: Optional[str] = None,
+    xlabel: Optional[str] = None,
+    ylabel: Optional[str] = None,
+    colour: Optional[str] = None,
+) -> Figure:
+    """Comparisons against a reference (:class:`rkd_tutorial.stats.Comparison`) as points with their 95% intervals.
+
+    Each comparison ``c`` (``c.a`` against ``c.b``) is a point at its mean
+    ``c.mean_a``, with a bar (no caps) over ``c.mean_b + [c.low, c.high]``:
+    the interval of the paired difference placed around the point, so a bar
+    that crosses the reference's dotted line is "no detectable difference" and
+    one that clears it is a verdict. Decisive comparisons are filled, the
+    others hollow; each is labelled with its difference in points. One seed
+    (no interval) gives a point without a bar.
+
+    Args:
+        xs: x positions (default 0, 1, ...); ``names``: their tick labels.
+        reference_x: where to mark the reference itself (a ringed point at its
+            mean, with ``reference_name`` added to the tick labels), or None.
+        relative: plot the differences in points (``100 * c.diff``, interval
+            ``100 * [c.low, c.high]``) around a zero line instead, e.g. when
+            each comparison has its own reference.
+
+    Returns:
+        The figure.
+    """
+    comparisons = list(comparisons)
+    if not comparisons:
+        raise ValueError("interval_panel: no comparisons")
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(comparisons) + 1.5), 3.4), layout="constrained")
+    else:
+        fig = ax.figure
+    colour = colour or PALETTE["student"]
+    xs = list(xs) if xs is not None else list(range(len(comparisons)))
+    labels = list(names) if names is not None else [c.a for c in comparisons]
+    scale = 100.0 if relative else 1.0
+    for x, c in zip(xs, comparisons):
+        base = 0.0 if relative else c.mean_b
+        y = scale * c.diff + base if relative else c.mean_a
+        top = y
+        if c.low is not None:
+            lo, hi = base + scale * c.low, base + scale * c.high
+            ax.plot([x, x], [lo, hi], color=colour, lw=2, solid_capstyle="butt")
+            top = hi
+        ax.plot([x], [y], "o", ms=7, color=colour, mfc=colour if c.decisive else "white", mew=1.8, zorder=3)
+        ax.annotate(f"{100 * c.diff:+.1f}", (x, top), xytext=(0, 3), textcoords="offset points",
+                    ha="center", va="bottom", fontsize="x-small")
+    refs = sorted({c.mean_b for c in comparisons})
+    if relative:
+        ax.axhline(0.0, color="0.4", ls=":", lw=1.2)
+    elif len(refs) == 1:
+        ax.axhline(refs[0], color="0.4", ls=":", lw=1.2)
+        if reference_x is not None:
+            ax.plot([reference_x], [refs[0]], "o", ms=11, mfc="none", mew=2, color=colour, zorder=3)
+    ticks, tick_labels = list(xs), list(labels)
+    if reference_x is not None and not relative:
+        ticks.append(reference_x)
+        tick_labels.append(reference_name or comparisons[0].b)
+    order = np.argsort(ticks)
+    ax.set_xticks([ticks[i] for i in order], [tick_labels[i] for i in order], fontsize="small")
+    ax.margins(x=0.25, y=0.15)
+    if title:
+        ax.set_title(title, fontsize="medium")
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    sns.despine(ax=ax)
+    return fig
+
+
+__all__ += ["interval_panel"]
