@@ -26,7 +26,7 @@ EXPERIMENTS = {
     "metric": ("the metric-learning experiment (chapters 4 and 7)", ex.METRIC_PROFILES, ex.METRIC_METHODS),
     "classify": ("the classification experiment (chapters 5 and 7)", ex.CLASSIFY_PROFILES, ex.CLASSIFY_METHODS),
     "darkknowledge": ("dark knowledge: few labels, a class never seen (chapter 5)", ex.CLASSIFY_PROFILES,
-                      tuple(dict.fromkeys(ex.DARK_METHODS + ex.studies.OMIT_METHODS))),
+                      tuple(dict.fromkeys(ex.DARK_METHODS + ex.OMIT_METHODS))),
     "consistency": ("Hinton KD without and with augmentation (chapter 5)", ex.CLASSIFY_PROFILES,
                     ex.CONSISTENCY_METHODS),
     "ablation": ("RKD's choices varied one at a time (chapter 6)", ex.METRIC_PROFILES,

@@ -267,6 +267,11 @@ def _compiled(net: nn.Module, mode: Optional[str]):
     return net if mode is None else torch.compile(net, mode=mode)
 
 
+def _bars_off() -> bool:
+    """``TQDM_DISABLE`` set (tests, stored outputs): no progress bars even where ``progress=True``."""
+    return os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false")
+
+
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
 
@@ -344,7 +349,7 @@ def fit(
         sums, steps = torch.zeros(len(terms) + 1, device=device), 0
         batches = loader.iter_with_index() if cached else ((None, x, y) for x, y in loader)
         for index, x, y in tqdm(batches, total=len(loader), desc=f"{desc} {epoch + 1}/{config.epochs}",
-                                disable=not progress, leave=False):
+                                disable=not progress or _bars_off(), leave=False):
             x = _layout(x.to(device, non_blocking=True), channels_last)
             y = y.to(device, non_blocking=True)
             if config.compile is not None:

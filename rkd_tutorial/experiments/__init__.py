@@ -43,12 +43,16 @@ from .studies import (
     ABLATION_BUDGET,
     CONSISTENCY_METHODS,
     DARK_METHODS,
+    OMIT_METHODS,
     ablation_profile,
     ablation_variants,
     few_labels,
+    omitted_class_scores,
     run_ablation,
     run_consistency,
     run_darkknowledge,
+    train_ablation_student,
+    train_omitted_class_student,
 )
 from .teachers import (
     CHECKPOINTS,
@@ -70,6 +74,7 @@ __all__ = [
     "run_metric", "run_classify", "distill_metric_student", "distill_classify_student", "recall_metrics",
     "provenance", "code_fingerprint", "teacher_check",
     "run_darkknowledge", "run_ablation", "DARK_METHODS", "ABLATION_BUDGET", "ablation_variants", "ablation_profile",
-    "few_labels", "run_consistency", "CONSISTENCY_METHODS",
+    "few_labels", "run_consistency", "CONSISTENCY_METHODS", "OMIT_METHODS", "omitted_class_scores",
+    "train_omitted_class_student", "train_ablation_student",
     "write_results", "markdown_table", "merge_results",
 ]

@@ -239,11 +239,15 @@ def ablation_variants() -> Dict[str, dict]:
 
 
 def ablation_profile(profile=None) -> MetricProfile:
-    """The metric profile with the ablation budget (:data:`ABLATION_BUDGET`); smoke scale kept."""
+    """The metric profile with the ablation budget (:data:`ABLATION_BUDGET`).
+
+    At smoke scale: one epoch, and enough images per class for the largest
+    batch of the variants (128, four classes of 32).
+    """
     p = metric_profile(profile) if isinstance(profile, (str, type(None))) else profile
     budget = dict(ABLATION_BUDGET)
     if p.smoke:
-        budget.update(train_per_class=p.train_per_class, student_epochs=p.student_epochs)
+        budget.update(train_per_class=max(p.train_per_class, 128 // 4), student_epochs=p.student_epochs)
     return dataclasses.replace(p, **budget)
 
 
