@@ -473,13 +473,16 @@ def results_bar(
             errs.append(v.std(ddof=1) if len(v) > 1 else np.nan)      # no error bar from one seed
         pos = np.arange(len(methods)) + (j - (len(dims) - 1) / 2) * width
         label = f"student, d = {dim}" if dim is not None and len(dims) > 1 else None
-        bars = ax.bar(pos, means, width * 0.95, color=colours[j] if len(dims) > 1 else PALETTE["student"],
+        ax.bar(pos, means, width * 0.95, color=colours[j] if len(dims) > 1 else PALETTE["student"],
                       label=label)
         several = [i for i, e in enumerate(errs) if np.isfinite(e)]
         if several:
             ax.errorbar(pos[several], np.array(means)[several], yerr=np.array(errs)[several], fmt="none",
                         ecolor="black", elinewidth=1, capsize=3)
-        ax.bar_label(bars, fmt="%.3f", fontsize="x-small", padding=2)
+        for x, m, e in zip(pos, means, errs):               # the value above its error bar, if any
+            if np.isfinite(m):
+                ax.annotate(f"{m:.3f}", (x, m + (e if np.isfinite(e) else 0.0)), xytext=(0, 2),
+                            textcoords="offset points", ha="center", va="bottom", fontsize="x-small")
     if teacher:
         ax.axhline(float(np.mean(teacher)), color=PALETTE["teacher"], ls="--", lw=1.5,
                    label=f"teacher ({np.mean(teacher):.3f})")
