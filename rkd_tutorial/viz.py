@@ -474,7 +474,7 @@ def results_bar(
         pos = np.arange(len(methods)) + (j - (len(dims) - 1) / 2) * width
         label = f"student, d = {dim}" if dim is not None and len(dims) > 1 else None
         ax.bar(pos, means, width * 0.95, color=colours[j] if len(dims) > 1 else PALETTE["student"],
-                      label=label)
+               label=label)
         several = [i for i, e in enumerate(errs) if np.isfinite(e)]
         if several:
             ax.errorbar(pos[several], np.array(means)[several], yerr=np.array(errs)[several], fmt="none",
