@@ -12,11 +12,16 @@ In a notebook, show a table with ``display(Markdown(text))``
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterable, List, Optional, Sequence
 
 from .stats import Comparison, compare_methods, mean_std
 
-__all__ = ["summary_table", "comparison_table", "comparisons", "range_table", "fmt", "seeds_of", "value"]
+__all__ = [
+    "fmt", "seeds_of", "value", "summary_table", "metrics_table", "comparisons", "comparison_table",
+    "verdict_table", "verdict_groups", "bounds_sentence", "range_table", "provenance_line",
+    "bench_losses_table", "bench_losses_summary", "pipeline_table",
+]
 
 
 def fmt(v: float, digits: int = 3) -> str:
@@ -126,8 +131,6 @@ def verdict_table(comparisons: Sequence[Comparison], labels: Optional[Dict[str, 
     return "\n".join(lines) + "\n"
 
 
-__all__ += ["verdict_table"]
-
 
 # ----------------------------------------------------------------------------- provenance and benchmarks (chapters 3, 7)
 
@@ -161,8 +164,6 @@ def provenance_line(results: dict, name: str = "") -> str:
 
 def _digits3(v: float) -> str:
     """``v`` with three significant digits, trailing zeros kept (1.00, 61.0, 504)."""
-    import math
-
     return f"{v:.{max(0, 2 - math.floor(math.log10(abs(v))))}f}" if v else "0"
 
 
@@ -296,8 +297,6 @@ def pipeline_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ += ["provenance_line", "bench_losses_table", "bench_losses_summary", "pipeline_table"]
-
 
 # ----------------------------------------------------------------------------- verdicts in words (chapters 5, 6)
 
@@ -364,5 +363,3 @@ def metrics_table(results: dict, metrics: Sequence[str], methods: Optional[Itera
         lines.append(f"| {(labels or {}).get(m, m)} | " + " | ".join(cells) + f" | {len(mine)} |")
     return "\n".join(lines) + "\n"
 
-
-__all__ += ["verdict_groups", "bounds_sentence", "metrics_table"]
