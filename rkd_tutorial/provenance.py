@@ -44,8 +44,17 @@ def device_name(device=None) -> str:
     return f"CPU: {model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
 
 
+#: Folders that runs write into (relative to the checkout's top): not code.
+RUN_OUTPUTS = ("results", "rkd_tutorial/results", "rkd_tutorial/checkpoints")
+
+
 def git_commit() -> str:
     """The commit of this package's own checkout (``-dirty`` with uncommitted changes).
+
+    What the runs themselves write (``results/``, the shipped copies of those files
+    and the shipped teacher checkpoints) does not count as a change: a run that
+    refreshes them records the commit whose code it ran, and its code fingerprint
+    (``experiments.record``) names that code exactly.
 
     Recorded only where this file is tracked by git as ``rkd_tutorial/provenance.py``
     at the top level of the checkout: a package installed into another project's
@@ -65,7 +74,8 @@ def git_commit() -> str:
                and git("ls-files", "--error-unmatch", here.name).returncode == 0)
         sha = git("rev-parse", "HEAD") if own else None
         if sha is not None and sha.returncode == 0 and sha.stdout.strip():
-            dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+            dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                        *(f":(top,exclude){out}" for out in RUN_OUTPUTS)).stdout.strip()
             return sha.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         pass

@@ -123,6 +123,18 @@ def test_git_commit_of_the_packages_own_checkout(tmp_path, monkeypatch, no_git_e
     _git(own, "commit", "-q", "-m", "ours")
     head = _git(own, "rev-parse", "HEAD")
     assert module.git_commit() == head
+    # What runs write (results, shipped results, teacher checkpoints) is not a change of code.
+    for out in ("results/metric-quick.json", "rkd_tutorial/results/metric-quick.json",
+                "rkd_tutorial/checkpoints/metric-quick-seed0.pt"):
+        (own / out).parent.mkdir(parents=True, exist_ok=True)
+        (own / out).write_text("old\n")
+    _git(own, "add", "results", "rkd_tutorial")
+    _git(own, "commit", "-q", "-m", "outputs")
+    head = _git(own, "rev-parse", "HEAD")
+    for out in ("results/metric-quick.json", "rkd_tutorial/results/metric-quick.json",
+                "rkd_tutorial/checkpoints/metric-quick-seed0.pt"):
+        (own / out).write_text("new\n")
+    assert module.git_commit() == head
     (own / "pyproject.toml").write_text("changed\n")
     assert module.git_commit() == head + "-dirty"
 
