@@ -22,7 +22,7 @@
 #   OUT=$OUT bash scripts/gpu_run.sh                           # all steps: more than one device call's 10 min
 # with the device tool's carry=[".carry"]. Each step has its own time limit (T_TESTS, T_PIPE,
 # T_PIPE_COMPILE, T_LOSSES, T_TUNE, T_FULL seconds) and later steps run even when an earlier one fails; the
-# log ($OUT/gpu-log.txt) says what happened. Without a network the Fashion-MNIST .gz files
+# log ($OUT/gpu-log.txt) says what happened. SEEDS (default "0 1 2") are the full step's seeds. Without a network the Fashion-MNIST .gz files
 # must be in $FMNIST (default .carry/fashion-mnist, else Debian's /usr/share/datasets/fashion-mnist).
 set -u
 cd "$(dirname "$0")/.."
@@ -87,11 +87,11 @@ if want tune; then
 fi
 
 if want full; then
-    step "full-profile runs: 3 seeds x (metric, classify), concurrently"
-    PARTS=/tmp/rkd_parts; rm -rf "$PARTS"; mkdir -p "$PARTS"
+    step "full-profile runs: seeds ${SEEDS:-0 1 2} x (metric, classify), concurrently"
+    PARTS=${PARTS:-/tmp/rkd_parts}; rm -rf "$PARTS"; mkdir -p "$PARTS"
     FULL0=$(date +%s)
     pids=()
-    for seed in 0 1 2; do
+    for seed in ${SEEDS:-0 1 2}; do
         for exp in metric classify; do
             OMP_NUM_THREADS=2 timeout ${T_FULL:-420} $PY -m rkd_tutorial $exp --profile full --seed $seed \
                 --out "$PARTS" --no-progress > "$PARTS/$exp-$seed.log" 2>&1 &
@@ -102,8 +102,14 @@ if want full; then
     echo "both full runs together: $(( $(date +%s) - FULL0 )) s wall"
     for exp in metric classify; do
         echo "--- $exp"; tail -n 30 "$PARTS"/$exp-*.log
-        ls "$PARTS"/$exp-full-seed*.json >/dev/null 2>&1 && \
-            $PY -m rkd_tutorial merge "$PARTS"/$exp-full-seed*.json -o "$OUT/$exp-full.json" || echo "no $exp results"
+        # metric-full-seed0.json ... (metric-full-smoke-seed0.json under RKD_SMOKE=1) -> metric-full.json
+        parts=("$PARTS"/$exp-full*-seed*.json)
+        if [ -e "${parts[0]}" ]; then
+            stem=$(basename "${parts[0]}" .json)
+            $PY -m rkd_tutorial merge "${parts[@]}" -o "$OUT/${stem%-seed*}.json" || echo "merging $exp failed"
+        else
+            echo "no $exp results"
+        fi
     done
 fi
 step "done"
