@@ -22,8 +22,10 @@
 #   OUT=$OUT bash scripts/gpu_run.sh                           # all steps: more than one device call's 10 min
 # with the device tool's carry=[".carry"]. Each step has its own time limit (T_TESTS, T_PIPE,
 # T_PIPE_COMPILE, T_LOSSES, T_TUNE, T_FULL seconds) and later steps run even when an earlier one fails; the
-# log ($OUT/gpu-log.txt) says what happened. SEEDS (default "0 1 2") are the full step's seeds. Without a network the Fashion-MNIST .gz files
-# must be in $FMNIST (default .carry/fashion-mnist, else Debian's /usr/share/datasets/fashion-mnist).
+# log ($OUT/gpu-log.txt) says what happened. SEEDS (default "0 1 2") are the full step's seeds.
+# Without a network the Fashion-MNIST .gz files must be in $FMNIST (default .carry/fashion-mnist,
+# else Debian's /usr/share/datasets/fashion-mnist). tests/test_gpu_run.py walks the full step on
+# a CPU at smoke scale (RKD_SMOKE=1 SEEDS=0).
 set -u
 cd "$(dirname "$0")/.."
 
